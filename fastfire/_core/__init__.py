@@ -1,0 +1,1 @@
+"""Compiled kernels of fastfire (private: the Python layer validates, these trust their inputs)."""
