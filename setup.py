@@ -9,6 +9,8 @@ Environment variables
 FASTFIRE_NO_OPENMP=1     build serial even where OpenMP works.
 FASTFIRE_DEBUG_CYTHON=1  turn bounds, wraparound and initialisation checks on (hunting a crash).
 FASTFIRE_NATIVE=1        add ``-march=native`` (faster, not portable: never for wheels you share).
+FASTFIRE_EXTENSIONS=a,b  development only: build just these modules of fastfire/_core
+                         (e.g. ``_dense,_loss`` with ``python setup.py build_ext --inplace``).
 """
 
 import glob
@@ -94,9 +96,12 @@ def _extensions():
         compile_args += openmp[0]
         link_args += openmp[1]
 
+    only = {name.strip() for name in os.environ.get("FASTFIRE_EXTENSIONS", "").split(",") if name.strip()}
     extensions = []
     for path in sorted(glob.glob(os.path.join("fastfire", "_core", "*.pyx"))):
         module = os.path.splitext(path)[0].replace(os.sep, ".")
+        if only and module.rsplit(".", 1)[1] not in only:
+            continue
         extensions.append(
             Extension(
                 module,
