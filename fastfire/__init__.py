@@ -6,11 +6,20 @@ Public names only; see ``fastfire.show_config()`` for the build configuration.
 from fastfire._config import get_config, show_config
 from fastfire._core._openmp import effective_n_threads, openmp_enabled
 from fastfire._version import __version__
+from fastfire.estimators import MLPClassifier, MLPRegressor
+from fastfire.nn.selectors import Dense, Selector
+from fastfire.persistence import load, save
 
 __all__ = [
     "__version__",
+    "Dense",
+    "MLPClassifier",
+    "MLPRegressor",
+    "Selector",
     "effective_n_threads",
     "get_config",
+    "load",
     "openmp_enabled",
+    "save",
     "show_config",
 ]

@@ -1,0 +1,316 @@
+"""The training loop shared by MLPClassifier and MLPRegressor (scikit-learn semantics)."""
+
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
+
+from fastfire._core._openmp import effective_n_threads
+from fastfire._interrupt import interruptible
+from fastfire.nn.active import ActiveSet
+from fastfire.nn.network import Network
+from fastfire.nn.optimizers import SGD, Adam
+from fastfire.nn.selectors import Selector, resolve_selection
+
+
+def _as_float32_input(X):
+    """float32 C-contiguous dense, or float32 CSR with int64 indptr / int32 indices."""
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if X.shape[1] > np.iinfo(np.int32).max:
+            raise ValueError(f"X has {X.shape[1]} features; at most 2**31 - 1 are supported.")
+        X = sp.csr_matrix(
+            (X.data.astype(np.float32, copy=False), X.indices.astype(np.int32, copy=False),
+             X.indptr.astype(np.int64, copy=False)),
+            shape=X.shape,
+        )
+        X.sort_indices()
+        return X
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _take_rows(A, idx):
+    """Rows ``idx`` of a dense array (C-contiguous copy) or a sparse matrix (CSR)."""
+    if sp.issparse(A):
+        return A[idx]
+    return np.take(A, idx, axis=0)
+
+
+class BaseMLP(BaseEstimator):
+    """Shared parameters, validation and the stochastic training loop.
+
+    Subclasses define the targets: ``_encode_targets`` (fit-time validation and encoding for
+    the loss, setting ``n_outputs_`` and ``out_activation_``), ``_batch_target`` and
+    ``_validation_score`` (from output activations), and ``_stratify_validation``.
+    """
+
+    _y_numeric = False
+
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "solver": [StrOptions({"sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [None, Integral],
+        "selection": [str, Selector, list, tuple],
+    }
+
+    def __init__(
+        self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
+        learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
+        warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction,
+        beta_1, beta_2, epsilon, n_iter_no_change, n_jobs, selection,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.n_jobs = n_jobs
+        self.selection = selection
+
+    # ------------------------------------------------------------------ set-up
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if not hasattr(sizes, "__iter__") else list(sizes)
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, (Integral, np.integer)) or size <= 0:
+                raise ValueError(
+                    f"hidden_layer_sizes must contain positive integers; got {self.hidden_layer_sizes!r}."
+                )
+        return [int(s) for s in sizes]
+
+    def _initialize(self, layer_units):
+        """Glorot-uniform weights (scikit-learn's factors) and fresh training state."""
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_layers_ = len(layer_units)
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        self.coefs_, self.intercepts_ = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            self.coefs_.append(
+                self._random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32)
+            )
+            self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out).astype(np.float32))
+        self._optimizer = None
+
+    def _build_network(self):
+        selectors = resolve_selection(self.selection, len(self.coefs_))
+        self._network = Network(
+            self.coefs_, self.intercepts_, self.activation, self.out_activation_, selectors
+        )
+
+    def _make_optimizer(self):
+        params = self._network.params
+        if self.solver == "adam":
+            return Adam(params, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon)
+        return SGD(params, self.learning_rate_init, self.learning_rate, self.momentum,
+                   self.nesterovs_momentum, self.power_t)
+
+    # ------------------------------------------------------------------ training
+    def _fit(self, X, y, incremental=False, classes=None):
+        hidden = self._hidden_sizes()
+        n_threads = effective_n_threads(self.n_jobs)
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = validate_data(
+            self, X, y, accept_sparse=["csr", "csc"], dtype=[np.float32, np.float64],
+            multi_output=True, y_numeric=self._y_numeric, reset=first_pass,
+        )
+        X = _as_float32_input(X)
+        target = self._encode_targets(y, first_pass, classes)
+
+        self._random_state = check_random_state(self.random_state)
+        layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
+        if first_pass:
+            self._initialize(layer_units)
+        elif [c.shape[0] for c in self.coefs_] + [self.coefs_[-1].shape[1]] != layer_units:
+            raise ValueError(
+                f"The network has layer sizes {[c.shape[0] for c in self.coefs_] + [self.n_outputs_]} "
+                f"but hidden_layer_sizes={self.hidden_layer_sizes!r} asks for {layer_units}; "
+                "refit with warm_start=False."
+            )
+        if first_pass or not hasattr(self, "_network"):
+            self._build_network()
+        if self._optimizer is None or not incremental and not self.warm_start:
+            self._optimizer = self._make_optimizer()
+
+        with threadpool_limits(1, user_api="blas"):
+            self._fit_stochastic(X, target, y, incremental, n_threads)
+        return self
+
+    def _fit_stochastic(self, X, target, y, incremental, n_threads):
+        early_stopping = self.early_stopping and not incremental
+        X_val = y_val = None
+        if early_stopping:
+            stratify = y if self._stratify_validation() else None
+            train_idx, val_idx = train_test_split(
+                np.arange(X.shape[0]), random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify,
+            )
+            X_val, y_val = _take_rows(X, val_idx), _take_rows(y, val_idx)
+            X, target = _take_rows(X, train_idx), _take_rows(target, train_idx)
+
+        n_samples = X.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                              "It is going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        network, optimizer = self._network, self._optimizer
+        interrupted = False
+        # Reshuffled in place every epoch: the same random stream as scikit-learn's MLP.
+        order = np.arange(n_samples) if self.shuffle else None
+        with interruptible() as flag:
+            for _ in range(self.max_iter):
+                start_time = time.perf_counter()
+                if order is not None:
+                    self._random_state.shuffle(order)
+                accumulated_loss, seen = 0.0, 0
+                for start in range(0, n_samples, batch_size):
+                    stop = min(start + batch_size, n_samples)
+                    if order is None:
+                        rows = slice(start, stop)
+                        X_batch, t_batch = X[rows], target[rows]
+                    else:
+                        rows = order[start:stop]
+                        X_batch, t_batch = _take_rows(X, rows), _take_rows(target, rows)
+                    batch_loss = network.train_step(
+                        ActiveSet.from_data(X_batch), self._batch_target(t_batch),
+                        self.alpha, optimizer, n_threads,
+                    )
+                    accumulated_loss += batch_loss * (stop - start)
+                    seen += stop - start
+                    if flag.raised:
+                        interrupted = True
+                        break
+
+                self.n_iter_ += 1
+                self.loss_ = accumulated_loss / seen
+                self.t_ += seen
+                self.loss_curve_.append(self.loss_)
+                self._update_no_improvement_count(early_stopping, X_val, y_val, n_threads)
+                if self.verbose:
+                    line = f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}"
+                    if early_stopping:
+                        line += f", validation score = {self.validation_scores_[-1]:.6f}"
+                    print(f"{line}, time = {time.perf_counter() - start_time:.2f}s", flush=True)
+                if interrupted:
+                    warnings.warn(
+                        f"Training interrupted (Ctrl-C) during iteration {self.n_iter_}; the model "
+                        "keeps the weights learned so far.", UserWarning,
+                    )
+                    break
+                optimizer.iteration_ends(self.t_)
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if early_stopping else "Training loss"
+                    msg = (f"{what} did not improve more than tol={self.tol:f} for "
+                           f"{self.n_iter_no_change} consecutive epochs.")
+                    if optimizer.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                        "the optimization hasn't converged yet.", ConvergenceWarning,
+                    )
+
+        if early_stopping and hasattr(self, "_best_coefs"):
+            for param, best in zip(self.coefs_ + self.intercepts_, self._best_coefs + self._best_intercepts):
+                param[...] = best
+
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, n_threads):
+        if early_stopping:
+            score = self._validation_score(self._network.predict(X_val, n_threads), y_val)
+            self.validation_scores_.append(score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_coefs = [c.copy() for c in self.coefs_]
+                self._best_intercepts = [b.copy() for b in self.intercepts_]
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    # ------------------------------------------------------------------ prediction
+    def _forward(self, X):
+        """Validated input → output activations (float32) and the input's float dtype."""
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=[np.float32, np.float64],
+                          reset=False)
+        dtype = X.dtype
+        with threadpool_limits(1, user_api="blas"):
+            out = self._network.predict(_as_float32_input(X), effective_n_threads(self.n_jobs))
+        return out, dtype
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags

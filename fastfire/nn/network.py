@@ -1,0 +1,118 @@
+"""Network: a stack of layers and a loss; one training step and chunked prediction."""
+
+import numpy as np
+
+from fastfire.nn.active import ActiveSet
+from fastfire.nn.layers import DenseLayer
+from fastfire.nn.losses import LOSSES
+
+# Prediction runs in row chunks so that no layer's output exceeds this many floats.
+PREDICT_CHUNK_FLOATS = 1 << 22
+
+
+class Network:
+    """A multilayer perceptron over ActiveSets.
+
+    Parameters
+    ----------
+    coefs, intercepts : list of ndarray
+        Per weight layer, ``(n_in, n_out)`` weights and ``(n_out,)`` biases (float32,
+        C-contiguous); used in place, so the estimator's ``coefs_`` see every update.
+    activation : str
+        Hidden-layer activation.
+    out_activation : {"softmax", "logistic", "identity"}
+        Output activation; selects the loss.
+    selectors : list of Selector
+        One per weight layer.
+    """
+
+    def __init__(self, coefs, intercepts, activation, out_activation, selectors):
+        n = len(coefs)
+        self.layers = [
+            DenseLayer(coefs[i], intercepts[i], activation if i < n - 1 else "identity", selectors[i])
+            for i in range(n)
+        ]
+        self.loss = LOSSES[out_activation]()
+
+    @property
+    def params(self):
+        """Parameter arrays in a fixed order: every layer's coef, then every intercept."""
+        return [l.coef for l in self.layers] + [l.intercept for l in self.layers]
+
+    @property
+    def grads(self):
+        """Gradient arrays, in the order of :attr:`params`."""
+        return [l.coef_grad for l in self.layers] + [l.intercept_grad for l in self.layers]
+
+    def forward(self, inputs, n_threads, training=False):
+        """Run every layer; return the list of ActiveSets (input first, logits last)."""
+        activations = [inputs]
+        for layer in self.layers:
+            activations.append(layer.forward(activations[-1], n_threads, training))
+        return activations
+
+    def train_step(self, inputs, target, alpha, optimizer, n_threads):
+        """Forward, loss, backward and one optimizer step on a batch.
+
+        Parameters
+        ----------
+        inputs : ActiveSet
+            The batch (dense or CSR).
+        target : ndarray
+            int32 class indices (softmax) or a dense float32 ``(n, n_outputs)`` target.
+        alpha : float
+            L2 penalty, scaled by the batch size as scikit-learn does.
+        optimizer : Adam or SGD
+        n_threads : int
+
+        Returns
+        -------
+        loss : float
+            Mean loss of the batch, L2 term included.
+        """
+        n = inputs.n_samples
+        activations = self.forward(inputs, n_threads, training=True)
+        logits = activations[-1].values
+        delta = logits  # the loss kernels may write the gradient over the logits
+        loss = self.loss.mean_loss(
+            self.loss.loss_and_delta(logits, target, delta, n_threads), n, logits.shape[1]
+        )
+        if alpha:
+            squared_norm = sum(float(np.dot(l.coef.ravel(), l.coef.ravel())) for l in self.layers)
+            loss += 0.5 * alpha * squared_norm / n
+
+        for i in range(len(self.layers) - 1, -1, -1):
+            input_grad = self.layers[i].backward(delta, n_threads, need_input_grad=i > 0)
+            if i > 0:
+                self.layers[i - 1].activation_backward(activations[i].values, input_grad, n_threads)
+                delta = input_grad
+
+        l2 = alpha / n
+        l2s = [l2] * len(self.layers) + [0.0] * len(self.layers)
+        optimizer.step(self.params, self.grads, l2s, n_threads)
+        for layer in self.layers:
+            layer.selector.after_update(layer)
+        return loss
+
+    def predict(self, X, n_threads):
+        """Output activations (probabilities or regression values) for every row of ``X``.
+
+        Parameters
+        ----------
+        X : ndarray of float32 or scipy CSR matrix, shape (n_samples, n_features)
+        n_threads : int
+
+        Returns
+        -------
+        out : ndarray of shape (n_samples, n_outputs), float32
+        """
+        n_samples = X.shape[0]
+        widest = max(max(l.n_out, l.n_in) for l in self.layers)
+        chunk = max(1, min(n_samples, PREDICT_CHUNK_FLOATS // widest))
+        out = np.empty((n_samples, self.layers[-1].n_out), dtype=np.float32)
+        for start in range(0, n_samples, chunk):
+            stop = min(start + chunk, n_samples)
+            logits = self.forward(ActiveSet.from_data(X[start:stop]), n_threads)[-1].values
+            self.loss.transform(logits, n_threads)
+            out[start:stop] = logits
+        return out

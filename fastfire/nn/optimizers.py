@@ -1,0 +1,106 @@
+"""Stochastic optimizers (scikit-learn's arithmetic) over fused Cython update kernels.
+
+Parameters are updated in place through flat views, with the L2 penalty folded into the
+kernel (``grad + l2 * param``) so each step is one pass over the parameters.
+"""
+
+import numpy as np
+
+from fastfire._core._optim import adam_step, sgd_step
+
+
+def _flat(array):
+    return array.reshape(-1)
+
+
+class Adam:
+    """Adam (Kingma & Ba) with scikit-learn's bias-corrected step size.
+
+    Parameters
+    ----------
+    params : list of ndarray
+        Parameter arrays (C-contiguous float32), updated in place.
+    learning_rate_init : float
+    beta_1, beta_2, epsilon : float
+    """
+
+    def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate_init
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.t = 0
+        self.ms = [np.zeros_like(p) for p in params]
+        self.vs = [np.zeros_like(p) for p in params]
+
+    def step(self, params, grads, l2s, n_threads):
+        """One update of every parameter from its gradient (``l2s``: per-array L2 factor)."""
+        self.t += 1
+        self.learning_rate = (
+            self.learning_rate_init
+            * np.sqrt(1 - self.beta_2**self.t)
+            / (1 - self.beta_1**self.t)
+        )
+        for p, g, m, v, l2 in zip(params, grads, self.ms, self.vs, l2s):
+            adam_step(_flat(p), _flat(g), _flat(m), _flat(v), self.learning_rate,
+                      self.beta_1, self.beta_2, self.epsilon, l2, n_threads)
+
+    def iteration_ends(self, time_step):
+        """Adam has no learning-rate schedule."""
+
+    def trigger_stopping(self, msg, verbose):
+        """No improvement: stop (Adam has no adaptive schedule to fall back on)."""
+        if verbose:
+            print(msg + " Stopping.")
+        return True
+
+
+class SGD:
+    """SGD with momentum / Nesterov and scikit-learn's learning-rate schedules.
+
+    Parameters
+    ----------
+    params : list of ndarray
+    learning_rate_init : float
+    lr_schedule : {"constant", "invscaling", "adaptive"}
+    momentum : float
+    nesterov : bool
+    power_t : float
+    """
+
+    def __init__(self, params, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9,
+                 nesterov=True, power_t=0.5):
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate = float(learning_rate_init)
+        self.lr_schedule = lr_schedule
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.power_t = power_t
+        self.velocities = [np.zeros_like(p) for p in params]
+
+    def step(self, params, grads, l2s, n_threads):
+        """One update of every parameter from its gradient (``l2s``: per-array L2 factor)."""
+        for p, g, vel, l2 in zip(params, grads, self.velocities, l2s):
+            sgd_step(_flat(p), _flat(g), _flat(vel), self.learning_rate, self.momentum,
+                     self.nesterov, l2, n_threads)
+
+    def iteration_ends(self, time_step):
+        """Apply the ``invscaling`` schedule after an epoch (``time_step``: samples seen)."""
+        if self.lr_schedule == "invscaling":
+            self.learning_rate = float(self.learning_rate_init) / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg, verbose):
+        """No improvement: divide an adaptive learning rate by 5, or stop."""
+        if self.lr_schedule != "adaptive":
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        if self.learning_rate <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self.learning_rate /= 5.0
+        if verbose:
+            print(msg + " Setting learning rate to %f" % self.learning_rate)
+        return False
