@@ -107,7 +107,7 @@ def test_load_xc_empty_dataset(tmp_path):
 
 
 def test_load_xc_long_lines_across_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_CHUNK", 64)  # lines longer than the read buffer
+    monkeypatch.setattr(datasets._xc, "_CHUNK", 64)  # lines longer than the read buffer
     rng = np.random.default_rng(0)
     X = sp.random(20, 500, density=0.3, format="csr", dtype=np.float32, random_state=rng)
     Y = sp.random(20, 50, density=0.2, format="csr", random_state=rng)
@@ -398,7 +398,7 @@ def test_load_idx_errors(tmp_path):
 
 def test_fashion_mnist_not_found_lists_places(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTFIRE_DATA", str(tmp_path / "env"))
-    monkeypatch.setattr(datasets, "_SYSTEM_DATA", str(tmp_path / "system"))
+    monkeypatch.setattr(datasets._real, "_SYSTEM_DATA", str(tmp_path / "system"))
     with pytest.raises(FileNotFoundError) as info:
         load_fashion_mnist("test", data_home=tmp_path / "home")
     msg = str(info.value)
