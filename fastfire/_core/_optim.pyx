@@ -1,0 +1,335 @@
+"""Optimizer steps (Adam, SGD with momentum / Nesterov), dense and row-restricted (lazy).
+
+The dense steps work on flat 1-D views of a parameter and its state (the caller passes
+``W.reshape(-1)``) and reproduce scikit-learn's ``AdamOptimizer`` / ``SGDOptimizer`` arithmetic.
+The ``*_rows`` steps update only the listed rows of a 2-D parameter (SLIDE-style lazy updates for
+sparse training): rows that got no gradient are not touched at all, their optimizer state included.
+Every element is updated independently, so the result is the same for every thread count.
+
+Scalars (learning rate, betas, epsilon, l2, momentum) are taken as Python floats (C double) and
+rounded to float32 only after ``1 - beta`` is formed, as scikit-learn's float64 arithmetic does
+(``1 - float32(0.999)`` would be off by 1.3e-5 relative). The element-wise Adam update is a C loop
+with an explicit SSE path on x86-64, since GCC does not vectorize ``sqrtf`` under errno semantics.
+"""
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.math cimport pow, sqrt
+
+from fastfire._core._types cimport float32_t, float64_t, index_t, offset_t
+
+# The element-wise Adam update in C. GCC does not vectorize sqrtf without -fno-math-errno (each
+# call becomes sqrtss plus an errno branch; function attributes and `omp simd` do not lift it in
+# GCC 12), and that flag is not ours to set globally, so x86-64 gets an explicit SSE loop (SSE is
+# part of the x86-64 baseline: no -march needed). Same arithmetic, same rounding as the scalar loop
+# (IEEE sqrt and division are correctly rounded in both).
+cdef extern from *:
+    """
+    #include <math.h>
+    #if defined(__SSE__) || defined(_M_X64)
+    #include <xmmintrin.h>
+    #define FF_ADAM_SSE 1
+    #endif
+    static void ff_adam_update(
+            float *param, const float *grad, float *m, float *v, Py_ssize_t n, float lr,
+            float b1, float b2, float one_b1, float one_b2, float eps, float l2) {
+        Py_ssize_t i = 0;
+    #ifdef FF_ADAM_SSE
+        const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vob1 = _mm_set1_ps(one_b1),
+                     vob2 = _mm_set1_ps(one_b2), veps = _mm_set1_ps(eps), vl2 = _mm_set1_ps(l2),
+                     vlr = _mm_set1_ps(lr);
+        for (; i + 4 <= n; i += 4) {
+            __m128 p = _mm_loadu_ps(param + i);
+            __m128 g = _mm_add_ps(_mm_loadu_ps(grad + i), _mm_mul_ps(vl2, p));
+            __m128 mi = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(m + i)), _mm_mul_ps(vob1, g));
+            __m128 vi = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(v + i)),
+                                   _mm_mul_ps(vob2, _mm_mul_ps(g, g)));
+            _mm_storeu_ps(m + i, mi);
+            _mm_storeu_ps(v + i, vi);
+            p = _mm_sub_ps(p, _mm_div_ps(_mm_mul_ps(vlr, mi), _mm_add_ps(_mm_sqrt_ps(vi), veps)));
+            _mm_storeu_ps(param + i, p);
+        }
+    #endif
+        for (; i < n; i++) {
+            float g = grad[i] + l2 * param[i];
+            float mi = b1 * m[i] + one_b1 * g;
+            float vi = b2 * v[i] + one_b2 * (g * g);
+            m[i] = mi;
+            v[i] = vi;
+            param[i] = param[i] - lr * mi / (sqrtf(vi) + eps);
+        }
+    }
+    """
+    void ff_adam_update(float* param, const float* grad, float* m, float* v, Py_ssize_t n,
+                        float lr, float b1, float b2, float one_b1, float one_b2, float eps,
+                        float l2) noexcept nogil
+
+# Elements per task of the dense steps (a multiple of 16 floats: chunks start on cache lines).
+cdef Py_ssize_t _CHUNK = 4096
+
+
+def _check_threads(int n_threads):
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
+
+
+def _check_len(name, ref, **arrays):
+    for key, arr in arrays.items():
+        if arr.shape[0] != ref:
+            raise ValueError(f"{name}: {key} has {arr.shape[0]} entries, param has {ref}.")
+
+
+def adam_step(float[::1] param,          # IN/OUT (n,)
+              const float[::1] grad,     # IN (n,)
+              float[::1] m,              # IN/OUT (n,) first moment
+              float[::1] v,              # IN/OUT (n,) second moment
+              double lr_t, double beta_1, double beta_2, double epsilon, double l2,
+              int n_threads=1):
+    """One Adam step over all entries, in place.
+
+    ``g = grad + l2 * param``; ``m = beta_1 m + (1 - beta_1) g``; ``v = beta_2 v + (1 - beta_2) g**2``;
+    ``param -= lr_t * m / (sqrt(v) + epsilon)``.
+
+    Parameters
+    ----------
+    param : ndarray of shape (n,), float32
+        Flat parameter view, updated in place.
+    grad : ndarray of shape (n,), float32
+        Its gradient.
+    m, v : ndarray of shape (n,), float32
+        Adam's moment estimates, updated in place.
+    lr_t : float
+        Step size with scikit-learn's bias correction already applied:
+        ``learning_rate_init * sqrt(1 - beta_2**t) / (1 - beta_1**t)``.
+    beta_1, beta_2, epsilon : float
+        Adam's constants.
+    l2 : float
+        L2 penalty coefficient added to the gradient (0 when the caller already added it).
+    n_threads : int, default=1
+        Number of OpenMP threads (``schedule="static"``).
+    """
+    cdef Py_ssize_t n = param.shape[0], i
+    _check_len("adam_step", n, grad=grad, m=m, v=v)
+    _check_threads(n_threads)
+    # scalars arrive as Python floats (float64): 1 - beta is formed in float64 before rounding,
+    # as scikit-learn does (1 - float32(0.999) would be off by 1.3e-5 relative)
+    cdef float b1 = <float> beta_1, b2 = <float> beta_2
+    cdef float one_b1 = <float> (1.0 - beta_1), one_b2 = <float> (1.0 - beta_2)
+    cdef float lr_f = <float> lr_t, eps = <float> epsilon, l2_f = <float> l2
+    if n == 0:
+        return
+    cdef Py_ssize_t n_chunks = (n + _CHUNK - 1) // _CHUNK, c, start
+    with nogil:
+        for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+            start = c * _CHUNK
+            ff_adam_update(&param[start], &grad[start], &m[start], &v[start],
+                           min(_CHUNK, n - start), lr_f, b1, b2, one_b1, one_b2, eps, l2_f)
+
+
+def sgd_step(float[::1] param,            # IN/OUT (n,)
+             const float[::1] grad,       # IN (n,)
+             float[::1] velocity,         # IN/OUT (n,)
+             double lr, double momentum, bint nesterov, double l2,
+             int n_threads=1):
+    """One SGD step with (Nesterov) momentum over all entries, in place.
+
+    ``g = grad + l2 * param``; ``velocity = momentum * velocity - lr * g``; then
+    ``param += momentum * velocity - lr * g`` if ``nesterov`` else ``param += velocity``
+    (scikit-learn's ``SGDOptimizer``).
+
+    Parameters
+    ----------
+    param : ndarray of shape (n,), float32
+        Flat parameter view, updated in place.
+    grad : ndarray of shape (n,), float32
+        Its gradient.
+    velocity : ndarray of shape (n,), float32
+        Momentum buffer, updated in place.
+    lr : float
+        Current learning rate.
+    momentum : float
+        Momentum in ``[0, 1]`` (0: plain SGD).
+    nesterov : bool
+        Use Nesterov's momentum.
+    l2 : float
+        L2 penalty coefficient added to the gradient.
+    n_threads : int, default=1
+        Number of OpenMP threads (``schedule="static"``).
+    """
+    cdef Py_ssize_t n = param.shape[0], i
+    _check_len("sgd_step", n, grad=grad, velocity=velocity)
+    _check_threads(n_threads)
+    cdef float g, vel
+    cdef float lr_f = <float> lr, mom = <float> momentum, l2_f = <float> l2
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            g = grad[i] + l2_f * param[i]
+            vel = mom * velocity[i] - lr_f * g
+            velocity[i] = vel
+            if nesterov:
+                param[i] = param[i] + (mom * vel - lr_f * g)
+            else:
+                param[i] = param[i] + vel
+
+
+def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
+                   const float[:, ::1] grad_rows, # IN (n_active, p): gradient of rows[k] in row k
+                   const index_t[::1] rows,       # IN (n_active,) unique row ids
+                   float[:, ::1] m,               # IN/OUT (n_rows, p)
+                   float[:, ::1] v,               # IN/OUT (n_rows, p)
+                   int64_t[::1] t,                # IN/OUT (n_rows,) per-row step counters
+                   double lr, double beta_1, double beta_2, double epsilon, double l2,
+                   int n_threads=1):
+    """Lazy Adam: one step on the listed rows only, each with its own step counter.
+
+    For every ``k``, row ``r = rows[k]`` is updated with gradient ``grad_rows[k]``:
+    ``t[r] += 1``; ``g = grad_rows[k] + l2 * param[r]``; the moments ``m[r]``, ``v[r]`` as in
+    :func:`adam_step`; ``param[r] -= lr_r * m[r] / (sqrt(v[r]) + epsilon)`` with the exact bias
+    correction from the row's own count, ``lr_r = lr * sqrt(1 - beta_2**t[r]) / (1 - beta_1**t[r])``
+    (computed in float64). Rows not listed are not touched: their moments do not decay and their
+    counters do not advance (the "lazy Adam" of SLIDE / TensorFlow's LazyAdam). With every row
+    listed at every step this is exactly :func:`adam_step` with scikit-learn's ``lr_t``.
+
+    Parameters
+    ----------
+    param : ndarray of shape (n_rows, p), float32
+        Parameter matrix (e.g. ``W.T`` stored neuron-major, or a bias as ``(n_rows, 1)``).
+    grad_rows : ndarray of shape (n_active, p), float32
+        Compact gradient: row ``k`` is the gradient of ``param[rows[k]]``.
+    rows : ndarray of shape (n_active,), int32
+        Row ids, UNIQUE (duplicates would race; not checked) and in ``[0, n_rows)`` (ids outside
+        are skipped and reported with a ValueError after the step).
+    m, v : ndarray of shape (n_rows, p), float32
+        Moment estimates, updated in place on the listed rows.
+    t : ndarray of shape (n_rows,), int64
+        Per-row step counters kept by the caller (start at 0), incremented on the listed rows.
+    lr : float
+        Base learning rate (``learning_rate_init``), without bias correction.
+    beta_1, beta_2, epsilon : float
+        Adam's constants.
+    l2 : float
+        L2 penalty coefficient added to the gradient of the listed rows.
+    n_threads : int, default=1
+        Number of OpenMP threads (over the listed rows, ``schedule="static"``).
+    """
+    cdef Py_ssize_t n_rows = param.shape[0], p = param.shape[1], n_active = rows.shape[0]
+    cdef Py_ssize_t k, j
+    if grad_rows.shape[0] != n_active or grad_rows.shape[1] != p:
+        raise ValueError(
+            f"adam_step_rows: grad_rows {(grad_rows.shape[0], grad_rows.shape[1])} must be (len(rows), p) = "
+            f"{(n_active, p)}."
+        )
+    for name, arr in (("m", m), ("v", v)):
+        if arr.shape[0] != n_rows or arr.shape[1] != p:
+            raise ValueError(
+                f"adam_step_rows: {name} {(arr.shape[0], arr.shape[1])} differs from param {(n_rows, p)}."
+            )
+    if t.shape[0] != n_rows:
+        raise ValueError(f"adam_step_rows: t has {t.shape[0]} entries, param {n_rows} rows.")
+    _check_threads(n_threads)
+    cdef index_t r
+    cdef int64_t tr
+    cdef float lr_r
+    cdef float b1 = <float> beta_1, b2 = <float> beta_2
+    cdef float one_b1 = <float> (1.0 - beta_1), one_b2 = <float> (1.0 - beta_2)
+    cdef float eps = <float> epsilon, l2_f = <float> l2
+    cdef float* w
+    cdef float* mr
+    cdef float* vr
+    cdef const float* gr
+    cdef int bad = 0
+    if n_active == 0:
+        return
+    with nogil:
+        for k in prange(n_active, schedule="static", num_threads=n_threads):
+            r = rows[k]
+            if r < 0 or r >= n_rows:
+                bad += 1
+                continue
+            tr = t[r] + 1
+            t[r] = tr
+            lr_r = <float> (lr * sqrt(1.0 - pow(beta_2, <double> tr))
+                            / (1.0 - pow(beta_1, <double> tr)))
+            if p == 0:
+                continue
+            w = &param[r, 0]
+            mr = &m[r, 0]
+            vr = &v[r, 0]
+            gr = &grad_rows[k, 0]
+            ff_adam_update(w, gr, mr, vr, p, lr_r, b1, b2, one_b1, one_b2, eps, l2_f)
+    if bad:
+        raise ValueError(f"adam_step_rows: {bad} row ids outside [0, {n_rows}) were skipped.")
+
+
+def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)
+                  const float[:, ::1] grad_rows, # IN (n_active, p)
+                  const index_t[::1] rows,       # IN (n_active,) unique row ids
+                  float[:, ::1] velocity,        # IN/OUT (n_rows, p)
+                  double lr, double momentum, bint nesterov, double l2,
+                  int n_threads=1):
+    """Lazy SGD with (Nesterov) momentum: :func:`sgd_step` applied to the listed rows only.
+
+    Row ``rows[k]`` gets gradient ``grad_rows[k]``; rows not listed keep their parameters and
+    velocity unchanged (their momentum does not decay).
+
+    Parameters
+    ----------
+    param : ndarray of shape (n_rows, p), float32
+        Parameter matrix, updated in place on the listed rows.
+    grad_rows : ndarray of shape (n_active, p), float32
+        Compact gradient, row ``k`` for ``param[rows[k]]``.
+    rows : ndarray of shape (n_active,), int32
+        Unique row ids in ``[0, n_rows)`` (ids outside are skipped and reported with a ValueError).
+    velocity : ndarray of shape (n_rows, p), float32
+        Momentum buffer.
+    lr, momentum : float
+        Learning rate and momentum.
+    nesterov : bool
+        Use Nesterov's momentum.
+    l2 : float
+        L2 penalty coefficient.
+    n_threads : int, default=1
+        Number of OpenMP threads (over the listed rows).
+    """
+    cdef Py_ssize_t n_rows = param.shape[0], p = param.shape[1], n_active = rows.shape[0]
+    cdef Py_ssize_t k, j
+    if grad_rows.shape[0] != n_active or grad_rows.shape[1] != p:
+        raise ValueError(
+            f"sgd_step_rows: grad_rows {(grad_rows.shape[0], grad_rows.shape[1])} must be (len(rows), p) = "
+            f"{(n_active, p)}."
+        )
+    if velocity.shape[0] != n_rows or velocity.shape[1] != p:
+        raise ValueError(
+            f"sgd_step_rows: velocity {(velocity.shape[0], velocity.shape[1])} differs from param {(n_rows, p)}."
+        )
+    _check_threads(n_threads)
+    cdef index_t r
+    cdef float g, vel
+    cdef float lr_f = <float> lr, mom = <float> momentum, l2_f = <float> l2
+    cdef float* w
+    cdef float* vr
+    cdef const float* gr
+    cdef int bad = 0
+    if n_active == 0 or p == 0:
+        return
+    with nogil:
+        for k in prange(n_active, schedule="static", num_threads=n_threads):
+            r = rows[k]
+            if r < 0 or r >= n_rows:
+                bad += 1
+                continue
+            w = &param[r, 0]
+            vr = &velocity[r, 0]
+            gr = &grad_rows[k, 0]
+            for j in range(p):
+                g = gr[j] + l2_f * w[j]
+                vel = mom * vr[j] - lr_f * g
+                vr[j] = vel
+                if nesterov:
+                    w[j] = w[j] + (mom * vel - lr_f * g)
+                else:
+                    w[j] = w[j] + vel
+    if bad:
+        raise ValueError(f"sgd_step_rows: {bad} row ids outside [0, {n_rows}) were skipped.")

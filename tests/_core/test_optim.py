@@ -1,0 +1,178 @@
+"""Optimizer steps of fastfire._core._optim against scikit-learn's arithmetic in plain NumPy."""
+
+import numpy as np
+import pytest
+
+from fastfire._core import _optim
+
+THREADS = (1, 2, 3)
+SIZES = [0, 1, 17, 1001]
+
+
+def _readonly(a):
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def _state(rng, n):
+    f = lambda: rng.standard_normal(n).astype(np.float32)  # noqa: E731
+    return f(), f(), f() * 0.1, np.abs(f()) * 0.1
+
+
+# --- plain NumPy references (scikit-learn's AdamOptimizer / SGDOptimizer, float32) -----------
+
+def ref_adam(param, grad, m, v, lr_t, b1, b2, eps, l2):
+    g = grad + np.float32(l2) * param
+    m = np.float32(b1) * m + np.float32(1 - b1) * g
+    v = np.float32(b2) * v + np.float32(1 - b2) * (g * g)
+    return param - np.float32(lr_t) * m / (np.sqrt(v) + np.float32(eps)), m, v
+
+
+def ref_sgd(param, grad, vel, lr, momentum, nesterov, l2):
+    g = grad + np.float32(l2) * param
+    vel = np.float32(momentum) * vel - np.float32(lr) * g
+    update = np.float32(momentum) * vel - np.float32(lr) * g if nesterov else vel
+    return param + update, vel
+
+
+def sklearn_lr_t(lr, b1, b2, t):
+    return lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+
+
+# --- dense steps ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_adam_step_matches_reference(n, l2, n_threads):
+    rng = np.random.default_rng(n)
+    param, grad, m, v = _state(rng, n)
+    exp_param, exp_m, exp_v = param.copy(), m.copy(), v.copy()
+    grad = _readonly(grad)
+    for t in range(1, 4):
+        lr_t = sklearn_lr_t(1e-3, 0.9, 0.999, t)
+        _optim.adam_step(param, grad, m, v, lr_t, 0.9, 0.999, 1e-8, l2, n_threads)
+        exp_param, exp_m, exp_v = ref_adam(exp_param, grad, exp_m, exp_v, lr_t, 0.9, 0.999, 1e-8, l2)
+    np.testing.assert_allclose(m, exp_m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(v, exp_v, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(param, exp_param, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("l2", [0.0, 1e-2])
+def test_sgd_step_matches_reference(n, momentum, nesterov, l2, n_threads):
+    rng = np.random.default_rng(n + 1)
+    param, grad, vel, _ = _state(rng, n)
+    exp_param, exp_vel = param.copy(), vel.copy()
+    grad = _readonly(grad)
+    for _ in range(3):
+        _optim.sgd_step(param, grad, vel, 0.1, momentum, nesterov, l2, n_threads)
+        exp_param, exp_vel = ref_sgd(exp_param, grad, exp_vel, 0.1, momentum, nesterov, l2)
+    np.testing.assert_allclose(vel, exp_vel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(param, exp_param, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_and_sgd_accept_flat_views_of_matrices():
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((30, 7)).astype(np.float32)
+    G = rng.standard_normal((30, 7)).astype(np.float32)
+    m, v = np.zeros_like(W), np.zeros_like(W)
+    W0 = W.copy()
+    _optim.adam_step(W.reshape(-1), G.reshape(-1), m.reshape(-1), v.reshape(-1), 0.01, 0.9,
+                     0.999, 1e-8, 0.0, 2)
+    exp, _, _ = ref_adam(W0, G, np.zeros_like(W), np.zeros_like(W), 0.01, 0.9, 0.999, 1e-8, 0.0)
+    np.testing.assert_allclose(W, exp, rtol=1e-6)
+
+
+def test_dense_steps_reject_length_mismatch():
+    a, b = np.zeros(5, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="grad"):
+        _optim.adam_step(a, b, a.copy(), a.copy(), 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="velocity"):
+        _optim.sgd_step(a, a.copy(), b, 0.1, 0.9, False, 0.0, 1)
+
+
+# --- row-restricted (lazy) steps --------------------------------------------------------------
+
+def _rows_problem(rng, n_rows, p, n_active):
+    param = rng.standard_normal((n_rows, p)).astype(np.float32)
+    rows = _readonly(np.sort(rng.choice(n_rows, n_active, replace=False)).astype(np.int32))
+    grad_rows = _readonly(rng.standard_normal((n_active, p)).astype(np.float32))
+    return param, rows, grad_rows
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("n_rows,p,n_active", [(5, 3, 0), (1, 1, 1), (40, 9, 13), (300, 33, 300)])
+def test_adam_step_rows_matches_per_row_reference(n_rows, p, n_active, n_threads):
+    rng = np.random.default_rng(n_rows + p)
+    param, rows, _ = _rows_problem(rng, n_rows, p, n_active)
+    m = np.zeros_like(param)
+    v = np.zeros_like(param)
+    t = rng.integers(0, 5, n_rows).astype(np.int64)  # rows have their own histories
+    exp_param, exp_m, exp_v, exp_t = param.copy(), m.copy(), v.copy(), t.copy()
+    lr, b1, b2, eps, l2 = 1e-2, 0.9, 0.999, 1e-8, 1e-3
+    for step in range(3):
+        grad_rows = _readonly(rng.standard_normal((n_active, p)).astype(np.float32))
+        _optim.adam_step_rows(param, grad_rows, rows, m, v, t, lr, b1, b2, eps, l2, n_threads)
+        for k, r in enumerate(rows):
+            exp_t[r] += 1
+            lr_r = sklearn_lr_t(lr, b1, b2, exp_t[r])
+            exp_param[r], exp_m[r], exp_v[r] = ref_adam(exp_param[r], grad_rows[k], exp_m[r],
+                                                        exp_v[r], lr_r, b1, b2, eps, l2)
+    np.testing.assert_array_equal(t, exp_t)
+    np.testing.assert_allclose(m, exp_m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(v, exp_v, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(param, exp_param, rtol=1e-5, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(n_rows), rows)
+    np.testing.assert_array_equal(m[untouched], 0)
+
+
+def test_adam_step_rows_with_all_rows_equals_dense_adam():
+    rng = np.random.default_rng(4)
+    param, rows, _ = _rows_problem(rng, 20, 6, 20)
+    P2 = param.copy()
+    m1, v1, m2, v2 = (np.zeros_like(param) for _ in range(4))
+    t = np.zeros(20, np.int64)
+    for step in range(1, 4):
+        G = rng.standard_normal((20, 6)).astype(np.float32)
+        _optim.adam_step_rows(param, G, np.arange(20, dtype=np.int32), m1, v1, t, 1e-2, 0.9,
+                              0.999, 1e-8, 0.0, 2)
+        _optim.adam_step(P2.reshape(-1), G.reshape(-1), m2.reshape(-1), v2.reshape(-1),
+                         sklearn_lr_t(1e-2, 0.9, 0.999, step), 0.9, 0.999, 1e-8, 0.0, 2)
+    np.testing.assert_allclose(param, P2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_step_rows_matches_reference(nesterov, n_threads):
+    rng = np.random.default_rng(8)
+    param, rows, grad_rows = _rows_problem(rng, 50, 7, 19)
+    vel = rng.standard_normal((50, 7)).astype(np.float32)
+    exp_param, exp_vel = param.copy(), vel.copy()
+    _optim.sgd_step_rows(param, grad_rows, rows, vel, 0.05, 0.9, nesterov, 1e-3, n_threads)
+    exp_param[rows], exp_vel[rows] = ref_sgd(exp_param[rows], grad_rows, exp_vel[rows], 0.05, 0.9,
+                                             nesterov, 1e-3)
+    np.testing.assert_allclose(param, exp_param, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(vel, exp_vel, rtol=1e-6, atol=1e-7)
+
+
+def test_row_steps_reject_bad_rows_and_shapes():
+    param = np.zeros((4, 3), np.float32)
+    rows = np.array([1, 9], np.int32)
+    G = np.ones((2, 3), np.float32)
+    t = np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="outside"):
+        _optim.adam_step_rows(param, G, rows, param.copy(), param.copy(), t, 0.1, 0.9, 0.999,
+                              1e-8, 0.0, 2)
+    assert t[1] == 1  # the valid row was still updated
+    with pytest.raises(ValueError, match="outside"):
+        _optim.sgd_step_rows(param, G, rows, param.copy(), 0.1, 0.9, False, 0.0, 1)
+    with pytest.raises(ValueError, match="grad_rows"):
+        _optim.adam_step_rows(param, np.ones((3, 3), np.float32), rows, param.copy(),
+                              param.copy(), t, 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="t has"):
+        _optim.adam_step_rows(param, G, rows, param.copy(), param.copy(), np.zeros(3, np.int64),
+                              0.1, 0.9, 0.999, 1e-8, 0.0, 1)
