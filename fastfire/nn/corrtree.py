@@ -33,10 +33,16 @@ __all__ = ["CorrelationTree"]
 #: (bench/RESULTS-corrtree.md, "fan-out"): 16 beats 2, 4 and 8 for queries and rebuilds.
 DEFAULT_FANOUT = 16
 
-#: Repair only the touched tree nodes while fewer than this fraction of the level-1
-#: DTree nodes is touched; rebuild whole trees bottom-up above it (measured crossover,
-#: bench/RESULTS-corrtree.md, "repair vs rebuild").
-REBUILD_FRACTION = 0.5
+#: Below this many entries of C (n·m) the kernels run on one thread: waking an OpenMP team
+#: costs more than the work (and much more on a busy machine).
+SERIAL_BELOW = 1 << 18
+
+#: Repair only the touched DTree nodes while fewer than this fraction of the level-1
+#: nodes is touched; rebuild whole DTrees bottom-up above it. WTrees: rebuild all of them
+#: once more than WTREE_REBUILD_FRACTION of the columns changed, else only those columns.
+#: Measured crossovers (n=256, m=2^18, fan-out 16): bench/RESULTS-corrtree.md, "repair vs rebuild".
+REBUILD_FRACTION = 0.6
+WTREE_REBUILD_FRACTION = 0.1
 
 
 def _as_matrix(value, name, n_cols=None):
@@ -55,7 +61,8 @@ def _as_matrix(value, name, n_cols=None):
         raise ValueError(f"{name} must be non-empty, got shape {arr.shape}.")
     if n_cols is not None and arr.shape[1] != n_cols:
         raise ValueError(f"{name} must have {n_cols} columns, got shape {arr.shape}.")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity (after conversion to float32).")
     return arr
@@ -80,7 +87,8 @@ def _as_ids(value, name, bound, unique=False):
 def _as_threshold(b):
     if isinstance(b, (bool, np.bool_)) or not isinstance(b, numbers.Real):
         raise ValueError(f"b must be a real number, got {b!r}.")
-    b32 = np.float32(b)
+    with np.errstate(over="ignore"):
+        b32 = np.float32(b)
     if not np.isfinite(b32):
         raise ValueError(f"b must be finite in float32, got {b!r}.")
     return b32
@@ -151,11 +159,14 @@ class CorrelationTree:
         if X.shape[0] >= 2**31 or W.shape[0] >= 2**31:
             raise ValueError("n and m must be below 2**31.")
         self._n_threads = effective_n_threads(n_jobs)
+        if X.shape[0] * W.shape[0] < SERIAL_BELOW:
+            self._n_threads = 1
         self.fanout = int(fanout)
         self._X = X
         self._W0 = W
         n, m = X.shape[0], W.shape[0]
-        self._A = np.zeros((m, n), dtype=np.float32)
+        self._A = np.empty((m, n), dtype=np.float32)
+        self._A.fill(0.0)                         # touch the pages now, not in the first step
         self._K = None
         with threadpool_limits(self._n_threads, user_api="blas"):
             self._C = np.ascontiguousarray(X @ self._W0.T, dtype=np.float32)
@@ -164,6 +175,7 @@ class CorrelationTree:
         self._dnodes = np.empty((n, int(self._doff[-1]) + 1), dtype=np.float32)
         self._wnodes = np.empty((int(self._woff[-1]) + 1, m), dtype=np.float32)
         self._all_rows = np.arange(n, dtype=np.int32)
+        self._wdirty = np.zeros(m, dtype=bool)   # WTrees are repaired lazily (see _sync_wtrees)
         self._rebuild()
 
     # ------------------------------------------------------------------ properties
@@ -181,6 +193,7 @@ class CorrelationTree:
 
     @property
     def n_threads(self):
+        """Threads of the kernels: ``n_jobs`` resolved, 1 when ``n·m < SERIAL_BELOW``."""
         return self._n_threads
 
     @property
@@ -212,12 +225,13 @@ class CorrelationTree:
                                 self._EMPTY_IDS, self._n_threads)
 
     def _repair_columns(self, cols):
-        """Repair both tree families after the columns ``cols`` (sorted, unique) of C changed.
+        """Repair the trees after the columns ``cols`` (sorted, unique) of C changed.
 
         DTrees: only the nodes on the paths above those columns are recomputed, in every
         row, unless the touched level-1 nodes exceed ``REBUILD_FRACTION`` of the level, in
-        which case the whole trees are rebuilt bottom-up (cheaper: contiguous, no lists).
-        WTrees: the trees of the changed columns are rebuilt (every leaf changed).
+        which case the whole trees are rebuilt bottom-up (contiguous, no lists: cheaper).
+        WTrees: the columns are only marked; :meth:`_sync_wtrees` repairs them when a
+        neuron query or :meth:`check` needs them (training never reads them).
         """
         if cols.size == 0:
             return
@@ -228,16 +242,23 @@ class CorrelationTree:
         else:
             lists = [level1]
             for _ in range(2, len(size)):
-                lists.append(np.unique(lists[-1] // B))
+                lists.append(np.unique(lists[len(lists) - 1] // B))
             ptr = np.zeros(len(size) + 1, dtype=np.int64)
             ptr[2:] = np.cumsum([len(x) for x in lists])
             ids = np.concatenate(lists).astype(np.int64)
         _corrtree.dtree_refresh(self._C, self._dnodes, size, self._doff, B, self._all_rows,
                                 ptr, ids, self._n_threads)
-        if cols.size > REBUILD_FRACTION * self.n_neurons:
-            cols = self._EMPTY_IDS
-        _corrtree.wtree_refresh(self._C, self._wnodes, self._wsize, self._woff, B,
+        self._wdirty[cols] = True
+
+    def _sync_wtrees(self):
+        """Rebuild the WTrees of the columns changed since the last sync."""
+        dirty = np.flatnonzero(self._wdirty).astype(np.int32)
+        if dirty.size == 0:
+            return
+        cols = self._EMPTY_IDS if dirty.size > WTREE_REBUILD_FRACTION * self.n_neurons else dirty
+        _corrtree.wtree_refresh(self._C, self._wnodes, self._wsize, self._woff, self.fanout,
                                 cols, self._n_threads)
+        self._wdirty[:] = False
 
     # ------------------------------------------------------------------ queries
     def query(self, i, b, return_values=False):
@@ -279,6 +300,7 @@ class CorrelationTree:
         if cols.size == 0:  # the kernel reads an empty id list as "all"
             indptr, indices = np.zeros(1, dtype=np.int64), self._EMPTY_IDS.copy()
         else:
+            self._sync_wtrees()
             indptr, indices = _corrtree.wtree_query(self._C, self._wnodes, self._wsize, self._woff,
                                                     self.fanout, cols, b, self._n_threads)
         out = (indices,) if scalar else (indptr, indices)
@@ -359,10 +381,11 @@ class CorrelationTree:
         t_indptr, t_rows = _corrtree.transpose_firing(indptr, indices, m, self._n_threads)
         touched = np.flatnonzero(np.diff(t_indptr)).astype(np.int32)
         coef_buf = np.empty(t_rows.shape[0], dtype=np.float32)
+        data_buf = np.empty(t_rows.shape[0], dtype=np.int32)
         _corrtree.gradient_update(self._C, self._A, self.K, t_indptr, t_rows, rows,
                                   np.ascontiguousarray(residual, dtype=np.float32),
                                   np.ascontiguousarray(a, dtype=np.float32), touched,
-                                  np.float32(step), coef_buf, self._n_threads)
+                                  np.float32(step), coef_buf, data_buf, self._n_threads)
         self._repair_columns(touched)
         return int(touched.size)
 
@@ -414,6 +437,7 @@ class CorrelationTree:
         max_error = _corrtree.max_abs_diff(self._C, fresh, self._n_threads)
         if atol is None:
             atol = 1e-4 * max(1.0, float(np.abs(fresh).max()))
+        self._sync_wtrees()
         dnodes, wnodes = np.empty_like(self._dnodes), np.empty_like(self._wnodes)
         self._rebuild(dnodes, wnodes)
         trees_ok = np.array_equal(dnodes, self._dnodes) and np.array_equal(wnodes, self._wnodes)

@@ -42,6 +42,7 @@ class DenseLayer:
         self.selector = selector
         self.coef_grad = np.zeros_like(coef)
         self.intercept_grad = np.zeros_like(intercept)
+        self._act_code = ACTIVATIONS[activation]
         self._inputs = None
         self._out = np.empty((0, coef.shape[1]), dtype=np.float32)
         self._input_grad = np.empty((0, coef.shape[0]), dtype=np.float32)
@@ -91,7 +92,7 @@ class DenseLayer:
             gemm(inputs.values, self.coef, out, n_threads=n_threads)
         else:
             csr_matmul(inputs.indptr, inputs.indices, inputs.values, self.coef, out, 0.0, n_threads)
-        bias_act_forward(out, self.intercept, ACTIVATIONS[self.activation], n_threads)
+        bias_act_forward(out, self.intercept, self._act_code, n_threads)
         self._inputs = inputs if training else None
         return inputs.from_dense(out)
 
@@ -133,8 +134,17 @@ class DenseLayer:
         return input_grad
 
     def activation_backward(self, outputs, grad, n_threads):
-        """In place: turn dLoss/d(outputs) into dLoss/d(pre-activation) using the outputs."""
-        act_backward(outputs, grad, ACTIVATIONS[self.activation], n_threads)
+        """In place: turn dLoss/d(outputs) into dLoss/d(pre-activation).
+
+        Parameters
+        ----------
+        outputs : ActiveSet
+            This layer's output from the forward pass.
+        grad : ndarray of shape (n_samples, n_out), float32
+            dLoss/d(outputs), overwritten.
+        n_threads : int
+        """
+        act_backward(outputs.values, grad, self._act_code, n_threads)
 
     def release_buffers(self):
         """Drop work buffers and saved inputs (before pickling, or to free memory)."""

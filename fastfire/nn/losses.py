@@ -1,4 +1,9 @@
-"""Output losses: fused output activation, loss value and gradient (Cython kernels)."""
+"""Output losses: fused output activation, loss value and gradient (Cython kernels).
+
+A loss receives the output layer's ActiveSet. ``loss_and_delta`` returns the summed loss and
+the gradient with respect to the output values, in the layout of the ActiveSet's ``values``
+(the dense losses write it over the logits, which are not needed afterwards).
+"""
 
 from fastfire._core._loss import (
     logistic_cross_entropy,
@@ -15,17 +20,18 @@ class SoftmaxCrossEntropy:
     out_activation = "softmax"
     target_kind = "indices"
 
-    def loss_and_delta(self, logits, target, delta, n_threads):
-        """Return the batch's summed loss; write ``softmax(logits) - onehot(target)`` to delta."""
-        return softmax_cross_entropy(logits, target, delta, n_threads)
+    def loss_and_delta(self, outputs, target, n_threads):
+        """Summed loss of the batch and ``softmax(logits) - onehot(target)``."""
+        logits = outputs.values
+        return softmax_cross_entropy(logits, target, logits, n_threads), logits
 
     def mean_loss(self, loss_sum, n_samples, n_outputs):
         """scikit-learn's ``log_loss``: mean over samples."""
         return loss_sum / n_samples
 
-    def transform(self, logits, n_threads):
+    def transform(self, outputs, n_threads):
         """In place: logits to class probabilities."""
-        softmax_inplace(logits, n_threads)
+        softmax_inplace(outputs.values, n_threads)
 
 
 class LogisticCrossEntropy:
@@ -34,17 +40,18 @@ class LogisticCrossEntropy:
     out_activation = "logistic"
     target_kind = "dense"
 
-    def loss_and_delta(self, logits, target, delta, n_threads):
-        """Return the summed loss over all entries; write ``sigmoid(logits) - target``."""
-        return logistic_cross_entropy(logits, target, delta, n_threads)
+    def loss_and_delta(self, outputs, target, n_threads):
+        """Summed loss over all entries and ``sigmoid(logits) - target``."""
+        logits = outputs.values
+        return logistic_cross_entropy(logits, target, logits, n_threads), logits
 
     def mean_loss(self, loss_sum, n_samples, n_outputs):
         """scikit-learn's ``binary_log_loss``: summed over outputs, mean over samples."""
         return loss_sum / n_samples
 
-    def transform(self, logits, n_threads):
+    def transform(self, outputs, n_threads):
         """In place: logits to probabilities."""
-        logistic_inplace(logits, n_threads)
+        logistic_inplace(outputs.values, n_threads)
 
 
 class SquaredError:
@@ -53,15 +60,16 @@ class SquaredError:
     out_activation = "identity"
     target_kind = "dense"
 
-    def loss_and_delta(self, predictions, target, delta, n_threads):
-        """Return the summed squared error; write ``predictions - target`` to delta."""
-        return squared_error(predictions, target, delta, n_threads)
+    def loss_and_delta(self, outputs, target, n_threads):
+        """Summed squared error and ``predictions - target``."""
+        predictions = outputs.values
+        return squared_error(predictions, target, predictions, n_threads), predictions
 
     def mean_loss(self, loss_sum, n_samples, n_outputs):
         """scikit-learn's ``squared_loss``: mean over all entries, halved."""
         return loss_sum / (n_samples * n_outputs) / 2.0
 
-    def transform(self, predictions, n_threads):
+    def transform(self, outputs, n_threads):
         """Identity."""
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 
 from fastfire.nn.active import ActiveSet
-from fastfire.nn.layers import DenseLayer
 from fastfire.nn.losses import LOSSES
 
 # Prediction runs in row chunks so that no layer's output exceeds this many floats.
@@ -29,7 +28,7 @@ class Network:
     def __init__(self, coefs, intercepts, activation, out_activation, selectors):
         n = len(coefs)
         self.layers = [
-            DenseLayer(coefs[i], intercepts[i], activation if i < n - 1 else "identity", selectors[i])
+            selectors[i].make_layer(coefs[i], intercepts[i], activation if i < n - 1 else "identity")
             for i in range(n)
         ]
         self.loss = LOSSES[out_activation]()
@@ -43,6 +42,11 @@ class Network:
     def grads(self):
         """Gradient arrays, in the order of :attr:`params`."""
         return [l.coef_grad for l in self.layers] + [l.intercept_grad for l in self.layers]
+
+    @property
+    def n_outputs(self):
+        """Width of the output layer."""
+        return self.layers[-1].coef.shape[1]
 
     def forward(self, inputs, n_threads, training=False):
         """Run every layer; return the list of ActiveSets (input first, logits last)."""
@@ -72,11 +76,8 @@ class Network:
         """
         n = inputs.n_samples
         activations = self.forward(inputs, n_threads, training=True)
-        logits = activations[-1].values
-        delta = logits  # the loss kernels may write the gradient over the logits
-        loss = self.loss.mean_loss(
-            self.loss.loss_and_delta(logits, target, delta, n_threads), n, logits.shape[1]
-        )
+        loss_sum, delta = self.loss.loss_and_delta(activations[-1], target, n_threads)
+        loss = self.loss.mean_loss(loss_sum, n, self.n_outputs)
         if alpha:
             squared_norm = sum(float(np.dot(l.coef.ravel(), l.coef.ravel())) for l in self.layers)
             loss += 0.5 * alpha * squared_norm / n
@@ -84,7 +85,7 @@ class Network:
         for i in range(len(self.layers) - 1, -1, -1):
             input_grad = self.layers[i].backward(delta, n_threads, need_input_grad=i > 0)
             if i > 0:
-                self.layers[i - 1].activation_backward(activations[i].values, input_grad, n_threads)
+                self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
                 delta = input_grad
 
         l2 = alpha / n
@@ -107,12 +108,12 @@ class Network:
         out : ndarray of shape (n_samples, n_outputs), float32
         """
         n_samples = X.shape[0]
-        widest = max(max(l.n_out, l.n_in) for l in self.layers)
+        widest = max(max(l.coef.shape) for l in self.layers)
         chunk = max(1, min(n_samples, PREDICT_CHUNK_FLOATS // widest))
-        out = np.empty((n_samples, self.layers[-1].n_out), dtype=np.float32)
+        out = np.empty((n_samples, self.n_outputs), dtype=np.float32)
         for start in range(0, n_samples, chunk):
             stop = min(start + chunk, n_samples)
-            logits = self.forward(ActiveSet.from_data(X[start:stop]), n_threads)[-1].values
-            self.loss.transform(logits, n_threads)
-            out[start:stop] = logits
+            outputs = self.forward(ActiveSet.from_data(X[start:stop]), n_threads)[-1]
+            self.loss.transform(outputs, n_threads)
+            out[start:stop] = outputs.to_dense()
         return out

@@ -1,10 +1,19 @@
 """Selectors: which neurons of a layer are computed for each sample.
 
-A selector is a small parameter object attached to one weight layer. Before the layer's
-forward pass, ``select(layer, inputs, training)`` returns the ActiveSet *pattern* of output
-neurons to compute for each sample (its ``indptr``/``indices``), or None to compute them all;
-after each optimizer step ``after_update(layer)`` does the selector's upkeep (rehashing
-tables, repairing trees). Selectors hold no training state that the layer also holds.
+A selector is a small parameter object attached to one weight layer. It plugs into the
+engine in three places:
+
+- ``make_layer(coef, intercept, activation)`` builds the layer object that computes with it
+  (:class:`~fastfire.nn.layers.DenseLayer` by default; a method whose products differ, such as
+  sampled products or sparse active outputs, returns its own layer class with the same
+  interface: ``forward``, ``backward``, ``activation_backward``, ``params``, ``grads``);
+- ``select(layer, inputs, training)``, called by the layer before its forward pass, returns
+  the ActiveSet *pattern* of output neurons to compute for each sample (its ``indptr`` /
+  ``indices``), or None to compute them all;
+- ``after_update(layer)``, called after each optimizer step, does the upkeep (rehashing tables,
+  repairing trees).
+
+Selectors hold no training state that the layer also holds.
 
 ``"dense"`` (:class:`Dense`) is the reference every other method is tested against; the
 sparse methods (LSH, threshold firing, column-row sampling) register here under their names.
@@ -22,6 +31,26 @@ class Selector:
     """
 
     name = None
+
+    def make_layer(self, coef, intercept, activation):
+        """Build the layer that computes with this selector (a dense layer by default).
+
+        Parameters
+        ----------
+        coef : ndarray of shape (n_in, n_out), float32
+            Weights, used in place.
+        intercept : ndarray of shape (n_out,), float32
+            Biases, used in place.
+        activation : str
+            The layer's activation ("identity" for the output layer).
+
+        Returns
+        -------
+        layer : DenseLayer or a class with the same interface
+        """
+        from fastfire.nn.layers import DenseLayer
+
+        return DenseLayer(coef, intercept, activation, self)
 
     def select(self, layer, inputs, training):
         """Return the active output neurons per sample (an ActiveSet pattern) or None for all.
