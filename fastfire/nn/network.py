@@ -33,6 +33,18 @@ class Network:
         ]
         self.loss = LOSSES[out_activation]()
 
+    @classmethod
+    def from_layers(cls, layers, out_activation):
+        """A network of prebuilt layers (e.g. convolutions followed by dense layers).
+
+        Each layer needs ``forward``, ``backward``, ``activation_backward``, ``coef``,
+        ``intercept``, ``coef_grad``, ``intercept_grad`` and ``selector``.
+        """
+        network = cls.__new__(cls)
+        network.layers = list(layers)
+        network.loss = LOSSES[out_activation]()
+        return network
+
     @property
     def params(self):
         """Parameter arrays in a fixed order: every layer's coef, then every intercept."""

@@ -79,6 +79,18 @@ class Selector:
     __hash__ = object.__hash__
 
 
+SELECTORS = {}
+
+
+def register_selector(cls):
+    """Class decorator: make ``cls`` selectable by its ``name`` in ``selection=...``."""
+    if not cls.name or cls.name in SELECTORS:
+        raise ValueError(f"selector name {cls.name!r} is empty or already registered")
+    SELECTORS[cls.name] = cls
+    return cls
+
+
+@register_selector
 class Dense(Selector):
     """Compute every neuron of the layer (BLAS GEMM): the exact reference path.
 
@@ -91,7 +103,6 @@ class Dense(Selector):
     name = "dense"
 
 
-SELECTORS = {cls.name: cls for cls in (Dense,)}
 
 
 def _make_selector(spec, position):
