@@ -6,6 +6,7 @@ OpenMP: GEMM splits C into ``n_threads`` blocks, each computed by one single-thr
 result for every thread count; GEMM differs at most by BLAS's float rounding across block shapes.
 """
 
+from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, MIN_MACS_PER_THREAD, threads_for
 from cython.parallel cimport parallel, prange
 from libc.math cimport expf, tanhf
 from libc.stdlib cimport free, malloc
@@ -62,10 +63,6 @@ cdef inline void _scale_rows(float* C, Py_ssize_t n_rows, Py_ssize_t n_cols, flo
                 row[j] = beta * row[j]
 
 
-def _check_threads(int n_threads):
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
-
 
 # --------------------------------------------------------------------------------------------
 # GEMM
@@ -116,7 +113,7 @@ def gemm(const float[:, ::1] A,   # IN
         )
     if max(m, n, ak) > 2147483647:
         raise ValueError("gemm: dimensions must fit in a 32-bit BLAS int.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, m * n * ak, MIN_MACS_PER_THREAD)
 
     cdef const float* a_ptr = &A[0, 0] if A.shape[0] > 0 and A.shape[1] > 0 else NULL
     cdef const float* b_ptr = &B[0, 0] if B.shape[0] > 0 and B.shape[1] > 0 else NULL
@@ -206,7 +203,7 @@ def csr_matmul(const offset_t[::1] indptr,   # IN (n_rows + 1,)
         )
     if n_rows > 0 and indptr[n_rows] > data.shape[0]:
         raise ValueError(f"csr_matmul: indptr[-1]={indptr[n_rows]} exceeds nnz={data.shape[0]}.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, data.shape[0] * B.shape[1], MIN_MACS_PER_THREAD)
     cdef Py_ssize_t i, j, col
     cdef offset_t e
     cdef float x
@@ -269,7 +266,7 @@ def csr_t_matmul(const offset_t[::1] indptr,   # IN (n_rows + 1,)
         )
     if n_rows > 0 and indptr[n_rows] > data.shape[0]:
         raise ValueError(f"csr_t_matmul: indptr[-1]={indptr[n_rows]} exceeds nnz={data.shape[0]}.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, data.shape[0] * D.shape[1], MIN_MACS_PER_THREAD)
     if n_features == 0 or p == 0:
         return
     cdef offset_t nnz = indptr[n_rows] if n_rows > 0 else 0
@@ -365,7 +362,7 @@ def bias_act_forward(float[:, ::1] Z,           # IN/OUT (n, p)
         raise ValueError(f"bias_act_forward: bias has {bias.shape[0]} entries, Z has {p} columns.")
     if activation < 0 or activation > 3:
         raise ValueError(f"bias_act_forward: unknown activation code {activation}.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, Z.shape[0] * Z.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef float* row
     cdef const float* b = &bias[0] if p > 0 else NULL
     cdef float z
@@ -415,7 +412,7 @@ def act_backward(const float[:, ::1] A,     # IN (n, p) activation outputs
         )
     if activation < 0 or activation > 3:
         raise ValueError(f"act_backward: unknown activation code {activation}.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, A.shape[0] * A.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef const float* a_row
     cdef float* d_row
     cdef float a
@@ -461,7 +458,7 @@ def column_sums(const float[:, ::1] X,    # IN (n, p)
     cdef Py_ssize_t n = X.shape[0], p = X.shape[1]
     if out.shape[0] != p:
         raise ValueError(f"column_sums: out has {out.shape[0]} entries, X has {p} columns.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, X.shape[0] * X.shape[1], MIN_ELEMENTS_PER_THREAD)
     if p == 0:
         return
     cdef Py_ssize_t n_blocks = min(<Py_ssize_t> n_threads, (p + 15) // 16)

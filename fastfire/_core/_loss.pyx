@@ -8,6 +8,7 @@ Softmax and sigmoid use a branch-free, vectorizable float exp (relative error < 
 results flushed to 0); the losses themselves (log-sum-exp, softplus) are evaluated in float64.
 """
 
+from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, threads_for
 from cython.parallel cimport prange
 from libc.math cimport exp, fabs, log, log1p
 
@@ -81,10 +82,6 @@ cdef extern from *:
     void ff_sigmoid_row(const float* z, float* out, Py_ssize_t p) noexcept nogil
 
 
-def _check_threads(int n_threads):
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
-
 
 def _check_same_shape(name, a, b, a_name, b_name):
     if a.shape[0] != b.shape[0] or a.shape[1] != b.shape[1]:
@@ -127,7 +124,7 @@ def softmax_inplace(float[:, ::1] Z,   # IN/OUT (n, p)
         Number of OpenMP threads (over rows).
     """
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], i, j
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, Z.shape[0] * Z.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef float* row
     cdef float mx, inv
     cdef double s
@@ -155,7 +152,7 @@ def logistic_inplace(float[:, ::1] Z,   # IN/OUT (n, p)
         Number of OpenMP threads (over rows).
     """
     cdef Py_ssize_t n = Z.shape[0], p = Z.shape[1], i, j
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, Z.shape[0] * Z.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef float* row
     if n == 0 or p == 0:
         return
@@ -199,7 +196,7 @@ def softmax_cross_entropy(const float[:, ::1] logits,   # IN (n, p)
     _check_same_shape("softmax_cross_entropy", logits, delta, "logits", "delta")
     if y.shape[0] != n:
         raise ValueError(f"softmax_cross_entropy: y has {y.shape[0]} entries, logits {n} rows.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, logits.shape[0] * logits.shape[1], MIN_ELEMENTS_PER_THREAD)
     if n == 0:
         return 0.0
     if p == 0:
@@ -264,7 +261,7 @@ def logistic_cross_entropy(const float[:, ::1] logits,   # IN (n, p)
     cdef Py_ssize_t n = logits.shape[0], p = logits.shape[1], i, j
     _check_same_shape("logistic_cross_entropy", logits, Y, "logits", "Y")
     _check_same_shape("logistic_cross_entropy", logits, delta, "logits", "delta")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, logits.shape[0] * logits.shape[1], MIN_ELEMENTS_PER_THREAD)
     if n == 0 or p == 0:
         return 0.0
     cdef float64_t[::1] row_loss = np.empty(n, dtype=np.float64)
@@ -317,7 +314,7 @@ def squared_error(const float[:, ::1] pred,   # IN (n, p)
     cdef Py_ssize_t n = pred.shape[0], p = pred.shape[1], i, j
     _check_same_shape("squared_error", pred, Y, "pred", "Y")
     _check_same_shape("squared_error", pred, delta, "pred", "delta")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, pred.shape[0] * pred.shape[1], MIN_ELEMENTS_PER_THREAD)
     if n == 0 or p == 0:
         return 0.0
     cdef float64_t[::1] row_loss = np.empty(n, dtype=np.float64)

@@ -12,6 +12,7 @@ rounded to float32 only after ``1 - beta`` is formed, as scikit-learn's float64 
 with an explicit SSE path on x86-64, since GCC does not vectorize ``sqrtf`` under errno semantics.
 """
 
+from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, threads_for
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.math cimport pow, sqrt
@@ -68,10 +69,6 @@ cdef extern from *:
 cdef Py_ssize_t _CHUNK = 4096
 
 
-def _check_threads(int n_threads):
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
-
 
 def _check_len(name, ref, **arrays):
     for key, arr in arrays.items():
@@ -110,7 +107,7 @@ def adam_step(float[::1] param,          # IN/OUT (n,)
     """
     cdef Py_ssize_t n = param.shape[0], i
     _check_len("adam_step", n, grad=grad, m=m, v=v)
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, param.shape[0], MIN_ELEMENTS_PER_THREAD)
     # scalars arrive as Python floats (float64): 1 - beta is formed in float64 before rounding,
     # as scikit-learn does (1 - float32(0.999) would be off by 1.3e-5 relative)
     cdef float b1 = <float> beta_1, b2 = <float> beta_2
@@ -158,7 +155,7 @@ def sgd_step(float[::1] param,            # IN/OUT (n,)
     """
     cdef Py_ssize_t n = param.shape[0], i
     _check_len("sgd_step", n, grad=grad, velocity=velocity)
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, param.shape[0], MIN_ELEMENTS_PER_THREAD)
     cdef float g, vel
     cdef float lr_f = <float> lr, mom = <float> momentum, l2_f = <float> l2
     if n == 0:
@@ -228,7 +225,7 @@ def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
             )
     if t.shape[0] != n_rows:
         raise ValueError(f"adam_step_rows: t has {t.shape[0]} entries, param {n_rows} rows.")
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, rows.shape[0] * param.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef index_t r
     cdef int64_t tr
     cdef float lr_r
@@ -304,7 +301,7 @@ def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)
         raise ValueError(
             f"sgd_step_rows: velocity {(velocity.shape[0], velocity.shape[1])} differs from param {(n_rows, p)}."
         )
-    _check_threads(n_threads)
+    n_threads = threads_for(n_threads, rows.shape[0] * param.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef index_t r
     cdef float g, vel
     cdef float lr_f = <float> lr, mom = <float> momentum, l2_f = <float> l2
