@@ -160,12 +160,12 @@ def test_help_exits_0(capsys):
     assert all(cmd in out for cmd in ("demo", "train", "predict", "info"))
 
 
-def test_console_script_runs_as_module():
+def test_console_script_runs_as_module(tmp_path):  # run outside the source tree
     done = subprocess.run([sys.executable, "-m", "fastfire.cli", "info"],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "OpenMP" in done.stdout
     done = subprocess.run([sys.executable, "-m", "fastfire.cli", "train", "/nonexistent/data.txt"],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == "fastfire: error: /nonexistent/data.txt: No such file or directory\n"

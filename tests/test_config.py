@@ -39,13 +39,13 @@ def test_effective_n_threads_rejects_bad_values():
 
 
 @pytest.mark.skipif(not fastfire.openmp_enabled(), reason="serial build")
-def test_omp_num_threads_is_respected(monkeypatch):
+def test_omp_num_threads_is_respected(tmp_path):
     import subprocess
     import sys
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-c", "import fastfire; print(fastfire.effective_n_threads())"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True, check=True, cwd=tmp_path,  # not the source tree
     )
     assert out.stdout.strip() == "1"
