@@ -22,6 +22,7 @@ kept lazily as ``W = W0 + A X`` and materialised only on request (:meth:`weights
 import numbers
 
 import numpy as np
+from scipy.linalg import blas as scipy_blas
 from threadpoolctl import threadpool_limits
 
 from fastfire._core import _corrtree
@@ -36,6 +37,12 @@ DEFAULT_FANOUT = 16
 #: Below this many entries of C (n·m) the kernels run on one thread: waking an OpenMP team
 #: costs more than the work (and much more on a busy machine).
 SERIAL_BELOW = 1 << 18
+
+#: gradient_step updates C over contiguous neuron ranges (fused with the level-1 DTree
+#: rebuild) when more than this fraction of the neurons received gradient, else over the
+#: list of touched neurons followed by a path repair. Measured crossover (1 thread, n=256,
+#: m=2^18): list faster up to 49% touched, range faster at 84% (bench/RESULTS-corrtree.md).
+RANGE_UPDATE_FRACTION = 0.65
 
 #: Repair only the touched DTree nodes while fewer than this fraction of the level-1
 #: nodes is touched; rebuild whole DTrees bottom-up above it. WTrees: rebuild all of them
@@ -149,8 +156,10 @@ class CorrelationTree:
     """
 
     def __init__(self, X, W, n_jobs=None, fanout=DEFAULT_FANOUT, copy=True):
+        X_in, W_in = X, W
         X = _as_matrix(X, "X")
-        W_in = W
+        if isinstance(X_in, np.ndarray) and np.may_share_memory(X, X_in):
+            X = X.copy()                          # small (n x d); never aliased by the caller
         W = _as_matrix(W, "W", n_cols=X.shape[1])
         if copy and isinstance(W_in, np.ndarray) and np.may_share_memory(W, W_in):
             W = W.copy()
@@ -361,8 +370,8 @@ class CorrelationTree:
         With the firing sets of the batch (from :meth:`query` at the current ``C``),
         sets ``coef[i, r] = step · <a_r, residual_t>`` for every firing pair (``i = rows[t]``)
         and applies ``ΔC[:, r] = K coef[:, r]`` for the neurons that fired, then repairs
-        the trees. This is the engine of ``ShiftedReLURegressor(solver="tree")``; inputs
-        are trusted (they come from this object's own queries).
+        the trees. This is the engine of ``ShiftedReLURegressor(solver="tree")``. The
+        firing sets are checked for shape and range (O(nnz)), not for being the true ones.
 
         Parameters
         ----------
@@ -378,15 +387,38 @@ class CorrelationTree:
             The number of neurons that received gradient.
         """
         m = self.n_neurons
+        rows = _as_ids(rows, "rows", self.n_samples)
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        indices = _as_ids(indices, "indices", m)
+        if (indptr.ndim != 1 or indptr.size != rows.size + 1 or indptr[0] != 0
+                or indptr[indptr.size - 1] != indices.size or (np.diff(indptr) < 0).any()):
+            raise ValueError("indptr must be the CSR offsets of the firing sets of rows "
+                             f"({rows.size + 1} non-decreasing values from 0 to {indices.size}).")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        residual = np.ascontiguousarray(residual, dtype=np.float32)
+        if a.ndim != 2 or a.shape[0] != m:
+            raise ValueError(f"a must have shape ({m}, q), got {a.shape}.")
+        if residual.shape != (rows.size, a.shape[1]):
+            raise ValueError(f"residual must have shape ({rows.size}, {a.shape[1]}), got {residual.shape}.")
         t_indptr, t_rows = _corrtree.transpose_firing(indptr, indices, m, self._n_threads)
         touched = np.flatnonzero(np.diff(t_indptr)).astype(np.int32)
         coef_buf = np.empty(t_rows.shape[0], dtype=np.float32)
         data_buf = np.empty(t_rows.shape[0], dtype=np.int32)
-        _corrtree.gradient_update(self._C, self._A, self.K, t_indptr, t_rows, rows,
-                                  np.ascontiguousarray(residual, dtype=np.float32),
-                                  np.ascontiguousarray(a, dtype=np.float32), touched,
-                                  np.float32(step), coef_buf, data_buf, self._n_threads)
-        self._repair_columns(touched)
+        if touched.size > RANGE_UPDATE_FRACTION * m:
+            # most neurons moved: contiguous ranges, level 1 of the DTrees rebuilt on the fly
+            _corrtree.gradient_update_range(self._C, self._A, self.K, t_indptr, t_rows, rows,
+                                            residual, a, np.float32(step), coef_buf, data_buf,
+                                            self._dnodes, self.fanout, self._n_threads)
+            if len(self._dsize) > 2:
+                _corrtree.dtree_refresh(self._C, self._dnodes, self._dsize, self._doff, self.fanout,
+                                        self._all_rows, self._EMPTY_OFFSETS, self._EMPTY_OFFSETS,
+                                        self._n_threads, 2)
+            self._wdirty[touched] = True
+        else:
+            _corrtree.gradient_update(self._C, self._A, self.K, t_indptr, t_rows, rows, residual,
+                                      a, touched, np.float32(step), coef_buf, data_buf,
+                                      self._n_threads)
+            self._repair_columns(touched)
         return int(touched.size)
 
     def forward(self, rows, b, a, activation="shifted_relu"):
@@ -410,10 +442,26 @@ class CorrelationTree:
         return out, indptr, indices
 
     # ------------------------------------------------------------------ weights and checks
-    def weights(self):
-        """Materialise the weights ``W = W0 + A X`` (m, d), float32 (a new array)."""
+    def weights(self, fold=False):
+        """Materialise the weights ``W = W0 + A X`` (m, d), float32.
+
+        Parameters
+        ----------
+        fold : bool, default=False
+            False: return a new array (peak memory ``2·m·d``). True: add ``A X`` into ``W0``
+            in place and reset the coefficients ``A`` to zero (the state is unchanged, no
+            ``m·d`` temporary) and return ``W0`` itself, which the tree keeps using: copy it
+            before modifying it.
+        """
+        out = self._W0 if fold else self._W0.copy()
         with threadpool_limits(self._n_threads, user_api="blas"):
-            return self._W0 + self._A @ self._X
+            # out += A X, in place: out^T (d, m) is Fortran-ordered, as X^T and A^T are
+            res = scipy_blas.sgemm(1.0, self._X.T, self._A.T, beta=1.0, c=out.T, overwrite_c=True)
+        if not np.shares_memory(res, out):   # not expected: scipy copies only non-F-ordered c
+            out[...] = res.T
+        if fold:
+            self._A.fill(0.0)
+        return out
 
     def check(self, atol=None):
         """Compare the maintained ``C`` and trees with a fresh computation.
