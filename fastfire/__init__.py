@@ -8,6 +8,7 @@ from fastfire._core._openmp import effective_n_threads, openmp_enabled
 from fastfire._version import __version__
 from fastfire.estimators import MLPClassifier, MLPRegressor
 from fastfire.nn.selectors import Dense, Selector
+from fastfire.nn.threshold import Threshold
 from fastfire.persistence import load, save
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "MLPClassifier",
     "MLPRegressor",
     "Selector",
+    "Threshold",
     "effective_n_threads",
     "get_config",
     "load",

@@ -488,3 +488,75 @@ def column_sums(const float[:, ::1] X,    # IN (n, p)
         free(acc)
     if failed:
         raise MemoryError("column_sums: could not allocate thread-local scratch.")
+
+
+# --------------------------------------------------------------------------------------------
+# dense -> CSR (the firing entries of a layer become the next layer's sparse input)
+# --------------------------------------------------------------------------------------------
+
+def nonzero_indptr(const float[:, ::1] A,   # IN (n, p)
+                   offset_t[::1] indptr,    # OUT (n + 1,)
+                   int n_threads=1):
+    """CSR row pointer of the non-zero entries of ``A``: ``indptr[i + 1] - indptr[i]`` is the
+    number of non-zeros of row ``i`` (NaN counts as non-zero).
+
+    Parameters
+    ----------
+    A : ndarray of shape (n, p), float32
+        Dense values.
+    indptr : ndarray of shape (n + 1,), int64
+        Output row pointer.
+    n_threads : int, default=1
+        Number of OpenMP threads (over rows).
+    """
+    cdef Py_ssize_t n = A.shape[0], p = A.shape[1], i, j
+    cdef offset_t count
+    if indptr.shape[0] != n + 1:
+        raise ValueError(f"nonzero_indptr: indptr has {indptr.shape[0]} entries, expected {n + 1}.")
+    n_threads = threads_for(n_threads, n * p, MIN_ELEMENTS_PER_THREAD)
+    indptr[0] = 0
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            count = 0
+            for j in range(p):
+                count = count + (A[i, j] != 0)
+            indptr[i + 1] = count
+        for i in range(n):
+            indptr[i + 1] += indptr[i]
+
+
+def nonzero_fill(const float[:, ::1] A,         # IN (n, p)
+                 const offset_t[::1] indptr,    # IN (n + 1,) from nonzero_indptr(A)
+                 index_t[::1] indices,          # OUT (indptr[n],)
+                 float[::1] values,             # OUT (indptr[n],)
+                 int n_threads=1):
+    """Column indices and values of the non-zero entries of ``A``, row by row (CSR order).
+
+    Parameters
+    ----------
+    A : ndarray of shape (n, p), float32
+        Dense values.
+    indptr : ndarray of shape (n + 1,), int64
+        The row pointer :func:`nonzero_indptr` computed for ``A``.
+    indices : ndarray of shape (indptr[n],), int32
+        Output column indices, increasing within each row.
+    values : ndarray of shape (indptr[n],), float32
+        Output values.
+    n_threads : int, default=1
+        Number of OpenMP threads (over rows).
+    """
+    cdef Py_ssize_t n = A.shape[0], p = A.shape[1], i, j
+    cdef offset_t k
+    if indptr.shape[0] != n + 1:
+        raise ValueError(f"nonzero_fill: indptr has {indptr.shape[0]} entries, expected {n + 1}.")
+    if indices.shape[0] < indptr[n] or values.shape[0] < indptr[n]:
+        raise ValueError("nonzero_fill: indices/values are shorter than indptr[n].")
+    n_threads = threads_for(n_threads, n * p, MIN_ELEMENTS_PER_THREAD)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            k = indptr[i]
+            for j in range(p):
+                if A[i, j] != 0 and k < indptr[i + 1]:  # the bound guards an indptr not from A
+                    indices[k] = <index_t> j
+                    values[k] = A[i, j]
+                    k = k + 1
