@@ -7,16 +7,21 @@ from fastfire._config import get_config, show_config
 from fastfire._core._openmp import effective_n_threads, openmp_enabled
 from fastfire._version import __version__
 from fastfire.estimators import MLPClassifier, MLPRegressor
+from fastfire.estimators.shifted_relu import ShiftedReLUClassifier, ShiftedReLURegressor
+from fastfire.nn.corrtree import CorrelationTree
 from fastfire.nn.selectors import Dense, Selector
 from fastfire.nn.threshold import Threshold
 from fastfire.persistence import load, save
 
 __all__ = [
     "__version__",
+    "CorrelationTree",
     "Dense",
     "MLPClassifier",
     "MLPRegressor",
     "Selector",
+    "ShiftedReLUClassifier",
+    "ShiftedReLURegressor",
     "Threshold",
     "effective_n_threads",
     "get_config",
