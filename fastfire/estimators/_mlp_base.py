@@ -17,9 +17,15 @@ from threadpoolctl import threadpool_limits
 from fastfire._core._openmp import effective_n_threads
 from fastfire._interrupt import interruptible
 from fastfire.nn.active import ActiveSet
+from fastfire.nn.lsh import LSH, SparseInput  # noqa: F401  (registers "lsh", "sparse_input")
 from fastfire.nn.network import Network
 from fastfire.nn.optimizers import SGD, Adam
 from fastfire.nn.selectors import Selector, resolve_selection
+
+#: ``selection="auto"`` puts LSH on the output layer of a multiclass / multilabel classifier
+#: with at least this many outputs (every other layer dense). Measured on the 2-core machine
+#: (bench/RESULTS-lsh.md, "auto rule"): below it fastfire's dense GEMM path is as fast per sample.
+AUTO_LSH_MIN_OUTPUTS = 4096
 
 
 def _as_float32_input(X):
@@ -36,6 +42,23 @@ def _as_float32_input(X):
         X.sort_indices()
         return X
     return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _sparse_row_topk(active_set, k):
+    """Top-k entries of every row of a sparse ActiveSet: (indices, scores), best first, padded
+    with -1 / -inf where a row has fewer than k entries."""
+    n = active_set.n_samples
+    counts = np.diff(active_set.indptr)
+    rows = np.repeat(np.arange(n), counts)
+    order = np.lexsort((active_set.indices, -active_set.values, rows))
+    rank = np.arange(order.size) - np.repeat(active_set.indptr[:-1], counts)
+    keep = rank < k
+    indices = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    sel = order[keep]
+    indices[rows[sel], rank[keep]] = active_set.indices[sel]
+    scores[rows[sel], rank[keep]] = active_set.values[sel]
+    return indices, scores
 
 
 def _take_rows(A, idx):
@@ -149,11 +172,40 @@ class BaseMLP(BaseEstimator):
             self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out).astype(np.float32))
         self._optimizer = None
 
+    def _resolve_auto(self):
+        """``selection="auto"``: on a classifier with at least ``AUTO_LSH_MIN_OUTPUTS``
+        outputs, LSH on the output layer and row-sparse updates (``"sparse_input"``) on the
+        first layer; every layer dense otherwise."""
+        n = len(self.coefs_)
+        wide = (self.out_activation_ in ("softmax", "logistic")
+                and self.n_outputs_ >= AUTO_LSH_MIN_OUTPUTS)
+        if not wide:
+            return ["dense"] * n
+        return (["sparse_input"] if n > 1 else []) + ["dense"] * max(0, n - 2) + ["lsh"]
+
     def _build_network(self):
-        selectors = resolve_selection(self.selection, len(self.coefs_))
+        selection = self._resolve_auto() if self.selection == "auto" else self.selection
+        selectors = resolve_selection(selection, len(self.coefs_))
+        # Selectors that draw random numbers (LSH) get a seed from random_state when they have
+        # none of their own; it is kept (and saved) so a reloaded model rebuilds the same tables.
+        seeds = getattr(self, "_selector_seeds", None)
+        if seeds is None or len(seeds) != len(selectors):
+            rng = getattr(self, "_random_state", None)
+            if rng is None:
+                rng = check_random_state(self.random_state)
+            seeds = [int(rng.randint(0, 2**31 - 1))
+                     if isinstance(s, LSH) and s.random_state is None else 0 for s in selectors]
+            self._selector_seeds = seeds
+        for selector, seed in zip(selectors, seeds):
+            if isinstance(selector, LSH):
+                selector._seed = seed
         self._network = Network(
             self.coefs_, self.intercepts_, self.activation, self.out_activation_, selectors
         )
+
+    def _sparse_output(self):
+        """True when the output layer computes a sparse active set during training (LSH)."""
+        return hasattr(self._network.layers[-1], "set_targets")
 
     def _make_optimizer(self):
         params = self._network.params
@@ -184,6 +236,8 @@ class BaseMLP(BaseEstimator):
                 f"but hidden_layer_sizes={self.hidden_layer_sizes!r} asks for {layer_units}; "
                 "refit with warm_start=False."
             )
+        if first_pass:
+            self.__dict__.pop("_selector_seeds", None)
         if first_pass or not hasattr(self, "_network"):
             self._build_network()
         if self._optimizer is None or not incremental and not self.warm_start:
@@ -215,6 +269,8 @@ class BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         network, optimizer = self._network, self._optimizer
+        # a sparse output layer takes the targets as they are (class ids or CSR labels)
+        batch_target = (lambda t: t) if self._sparse_output() else self._batch_target
         interrupted = False
         # Reshuffled in place every epoch: the same random stream as scikit-learn's MLP.
         order = np.arange(n_samples) if self.shuffle else None
@@ -233,7 +289,7 @@ class BaseMLP(BaseEstimator):
                         rows = order[start:stop]
                         X_batch, t_batch = _take_rows(X, rows), _take_rows(target, rows)
                     batch_loss = network.train_step(
-                        ActiveSet.from_data(X_batch), self._batch_target(t_batch),
+                        ActiveSet.from_data(X_batch), batch_target(t_batch),
                         self.alpha, optimizer, n_threads,
                     )
                     accumulated_loss += batch_loss * (stop - start)
@@ -278,10 +334,20 @@ class BaseMLP(BaseEstimator):
         if early_stopping and hasattr(self, "_best_coefs"):
             for param, best in zip(self.coefs_ + self.intercepts_, self._best_coefs + self._best_intercepts):
                 param[...] = best
+        for layer in network.layers:
+            # hash tables follow the final weights: approximate top-k then uses up-to-date
+            # tables, and a pickled or saved model (which rebuilds them) gets the same ones
+            if hasattr(layer, "build_tables"):
+                layer.build_tables(n_threads)
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, n_threads):
         if early_stopping:
-            score = self._validation_score(self._network.predict(X_val, n_threads), y_val)
+            if self._sparse_output():
+                # wide sparse outputs: P@1 (accuracy for multiclass) from a chunked top-1,
+                # never an n_val x n_outputs matrix
+                score = self._precision_at_1(X_val, y_val, n_threads)
+            else:
+                score = self._validation_score(self._network.predict(X_val, n_threads), y_val)
             self.validation_scores_.append(score)
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1
@@ -300,6 +366,50 @@ class BaseMLP(BaseEstimator):
                 self.best_loss_ = self.loss_curve_[-1]
 
     # ------------------------------------------------------------------ prediction
+    def _topk(self, X, k, n_threads, exact=True):
+        """Top-k output-layer scores (logits) of float32 input ``X``, in row chunks.
+
+        Exact: every output neuron is scored, one chunk of rows at a time (at most
+        ``PREDICT_CHUNK_FLOATS`` outputs in memory). Approximate: only the neurons retrieved from
+        the output layer's hash tables are scored; rows with fewer than k candidates are padded
+        with index -1 and score -inf.
+        """
+        from fastfire._core._active import dense_scores_topk
+        from fastfire.nn.network import PREDICT_CHUNK_FLOATS
+
+        network = self._network
+        last = network.layers[-1]
+        n_samples = X.shape[0]
+        widest = max(max(l.coef.shape) for l in network.layers)
+        chunk = max(1, min(n_samples, PREDICT_CHUNK_FLOATS // widest))
+        indices = np.empty((n_samples, k), dtype=np.int64)
+        scores = np.empty((n_samples, k), dtype=np.float32)
+        for start in range(0, n_samples, chunk):
+            stop = min(start + chunk, n_samples)
+            acts = ActiveSet.from_data(X[start:stop])
+            for layer in network.layers[:-1]:
+                acts = layer.forward(acts, n_threads)
+            if exact:
+                out = last.forward(acts, n_threads).values
+                idx = np.empty((stop - start, k), dtype=np.int32)
+                _val = np.empty((stop - start, k), dtype=np.float32)
+                dense_scores_topk(out, k, idx, _val, n_threads)
+                indices[start:stop], scores[start:stop] = idx, _val
+            else:
+                active = last.query(acts, n_threads, labels=False, min_active=0)
+                out = last.forward_active(acts, active, n_threads)
+                indices[start:stop], scores[start:stop] = _sparse_row_topk(out, k)
+        return indices, scores
+
+    def _precision_at_1(self, X, y, n_threads):
+        """Fraction of rows whose best-scored output is a true label (accuracy for multiclass)."""
+        top, _ = self._topk(X, 1, n_threads)
+        top = top[:, 0]
+        if sp.issparse(y) or (getattr(y, "ndim", 1) == 2 and y.shape[1] > 1):
+            Y = sp.csr_matrix(y)
+            return float(np.asarray(Y[np.arange(Y.shape[0]), top]).ravel().astype(bool).mean())
+        return float(np.mean(self.classes_[top] == np.asarray(y)))
+
     def _forward(self, X):
         """Validated input → output activations (float32) and the input's float dtype."""
         check_is_fitted(self)

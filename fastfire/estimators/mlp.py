@@ -7,7 +7,11 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import column_or_1d
 
-from fastfire.estimators._mlp_base import BaseMLP
+from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
+
+from fastfire._core._openmp import effective_n_threads
+from fastfire.estimators._mlp_base import BaseMLP, _as_float32_input
 
 _SHARED_PARAMETERS_DOC = """
     hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
@@ -61,7 +65,10 @@ _SHARED_PARAMETERS_DOC = """
         How each weight layer chooses the neurons it computes: one selector for every
         layer, or one entry per weight layer (hidden layers first, output last). A string
         names a selector with its defaults; ``"dense"`` (:class:`fastfire.Dense`) computes
-        every neuron exactly.
+        every neuron exactly; ``"lsh"`` (:class:`fastfire.nn.lsh.LSH`) computes, during
+        training, only the neurons found in hash tables (SLIDE); ``"auto"`` uses LSH on the
+        output layer of a multiclass / multilabel classifier with at least
+        ``fastfire.estimators._mlp_base.AUTO_LSH_MIN_OUTPUTS`` outputs and dense elsewhere.
 """
 
 _SHARED_ATTRIBUTES_DOC = """
@@ -96,6 +103,14 @@ _SHARED_ATTRIBUTES_DOC = """
 """
 
 
+def _fill_doc(cls):
+    """Insert the parameters and attributes both estimators share into ``cls.__doc__``."""
+    cls.__doc__ = cls.__doc__.replace("    %(parameters)s\n", _SHARED_PARAMETERS_DOC.lstrip("\n"))
+    cls.__doc__ = cls.__doc__.replace("    %(attributes)s\n", _SHARED_ATTRIBUTES_DOC.lstrip("\n"))
+    return cls
+
+
+@_fill_doc
 class MLPClassifier(ClassifierMixin, BaseMLP):
     """Multi-layer perceptron classifier trained with fastfire's kernels.
 
@@ -105,11 +120,13 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     (a dense or scipy.sparse indicator matrix) are supported.
 
     Parameters
-    ----------""" + _SHARED_PARAMETERS_DOC + """
+    ----------
+    %(parameters)s
     Attributes
     ----------
     classes_ : ndarray
-        Class labels (for multilabel targets: ``arange(n_labels)``).""" + _SHARED_ATTRIBUTES_DOC + """
+        Class labels (for multilabel targets: ``arange(n_labels)``).
+    %(attributes)s
     See Also
     --------
     MLPRegressor : The regression counterpart.
@@ -279,6 +296,46 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         out, _ = self._forward(X)
         return self._decode(out)
 
+    def predict_topk(self, X, k=5, exact=True):
+        """The ``k`` best-scored classes (labels) of every sample, best first.
+
+        Exact (default): every output neuron is scored, one chunk of rows at a time, so no
+        ``n_samples x n_classes`` matrix is ever materialised. ``exact=False`` (models whose
+        output layer uses LSH selection) scores only the neurons retrieved from the output
+        layer's hash tables (the selector's ``policy`` and ``budget``): much faster for very
+        wide outputs, approximate; rows with fewer than ``k`` candidates are padded with
+        index -1 and score -inf.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input data.
+        k : int, default=5
+            Number of classes per sample, in ``[1, n_outputs]``.
+        exact : bool, default=True
+            Score every output (True) or the hash-table candidates only (False).
+
+        Returns
+        -------
+        indices : ndarray of shape (n_samples, k), int64
+            Column indices into ``classes_`` (label ids for multilabel models), best first;
+            ties go to the lower index.
+        scores : ndarray of shape (n_samples, k), float32
+            The output layer's pre-activation scores (logits) of those classes.
+        """
+        check_is_fitted(self)
+        if self._target_type == "binary":
+            raise ValueError("predict_topk needs a multiclass or multilabel model; this one is binary.")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_outputs_:
+            raise ValueError(f"k must be an int in [1, {self.n_outputs_}]; got {k!r}.")
+        if not exact and not hasattr(self._network.layers[-1], "query"):
+            raise ValueError("predict_topk(exact=False) needs an output layer with LSH selection.")
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=[np.float32, np.float64],
+                          reset=False)
+        with threadpool_limits(1, user_api="blas"):
+            return self._topk(_as_float32_input(X), int(k), effective_n_threads(self.n_jobs),
+                              exact=bool(exact))
+
     def predict_proba(self, X):
         """Probability estimates.
 
@@ -320,6 +377,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return tags
 
 
+@_fill_doc
 class MLPRegressor(RegressorMixin, BaseMLP):
     """Multi-layer perceptron regressor (squared loss) trained with fastfire's kernels.
 
@@ -328,9 +386,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     single- and multi-output targets.
 
     Parameters
-    ----------""" + _SHARED_PARAMETERS_DOC + """
+    ----------
+    %(parameters)s
     Attributes
-    ----------""" + _SHARED_ATTRIBUTES_DOC + """
+    ----------
+    %(attributes)s
     See Also
     --------
     MLPClassifier : The classification counterpart.

@@ -5,6 +5,7 @@ the gradient with respect to the output values, in the layout of the ActiveSet's
 (the dense losses write it over the logits, which are not needed afterwards).
 """
 
+from fastfire._core._active import sparse_logistic_xent, sparse_softmax_xent
 from fastfire._core._loss import (
     logistic_cross_entropy,
     logistic_inplace,
@@ -71,6 +72,49 @@ class SquaredError:
 
     def transform(self, outputs, n_threads):
         """Identity."""
+
+
+class SparseSoftmaxCrossEntropy:
+    """Softmax over each sample's active set (a sparse output ActiveSet), the target spread
+    evenly over the sample's true labels (SLIDE). ``target`` is the per-sample number of true
+    labels, which the output layer placed first in each row of the active set."""
+
+    out_activation = "softmax"
+    target_kind = "forced"
+
+    def loss_and_delta(self, outputs, target, n_threads):
+        """Summed loss and ``p - target`` over the active entries (written over the logits)."""
+        logits = outputs.values
+        return sparse_softmax_xent(outputs.indptr, target, logits, n_threads), logits
+
+    def mean_loss(self, loss_sum, n_samples, n_outputs):
+        """Mean over samples."""
+        return loss_sum / n_samples
+
+    def transform(self, outputs, n_threads):
+        """In place: logits to probabilities (a dense output: softmax over every neuron)."""
+        softmax_inplace(outputs.values, n_threads)
+
+
+class SparseLogisticCrossEntropy:
+    """Independent logistic outputs over each sample's active set: target 1 on its true labels
+    (placed first in the row), 0 on the other active neurons; inactive neurons add nothing."""
+
+    out_activation = "logistic"
+    target_kind = "forced"
+
+    def loss_and_delta(self, outputs, target, n_threads):
+        """Summed binary cross-entropy over the active entries and ``sigmoid(z) - y``."""
+        logits = outputs.values
+        return sparse_logistic_xent(outputs.indptr, target, logits, n_threads), logits
+
+    def mean_loss(self, loss_sum, n_samples, n_outputs):
+        """Summed over active outputs, mean over samples."""
+        return loss_sum / n_samples
+
+    def transform(self, outputs, n_threads):
+        """In place: logits to probabilities."""
+        logistic_inplace(outputs.values, n_threads)
 
 
 LOSSES = {cls.out_activation: cls for cls in (SoftmaxCrossEntropy, LogisticCrossEntropy, SquaredError)}

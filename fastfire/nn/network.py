@@ -4,6 +4,7 @@ import numpy as np
 
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.losses import LOSSES
+from fastfire.nn.optimizers import RowGrad
 
 # Prediction runs in row chunks so that no layer's output exceeds this many floats.
 PREDICT_CHUNK_FLOATS = 1 << 22
@@ -31,6 +32,14 @@ class Network:
             selectors[i].make_layer(coefs[i], intercepts[i], activation if i < n - 1 else "identity")
             for i in range(n)
         ]
+        # A layer may store its parameters in its own layout (an LSH layer keeps neuron-major
+        # weights and exposes coef as a Fortran-ordered view): the caller's lists then refer to
+        # the layer's arrays, so the estimator's coefs_ keep seeing every update.
+        for i, layer in enumerate(self.layers):
+            if layer.coef is not coefs[i]:
+                coefs[i] = layer.coef
+            if layer.intercept is not intercepts[i]:
+                intercepts[i] = layer.intercept
         self.loss = LOSSES[out_activation]()
 
     @classmethod
@@ -87,18 +96,34 @@ class Network:
             Mean loss of the batch, L2 term included.
         """
         n = inputs.n_samples
+        out_layer = self.layers[-1]
+        set_targets = getattr(out_layer, "set_targets", None)
+        if set_targets is not None:  # sparse output layers force the true labels
+            set_targets(target)
         activations = self.forward(inputs, n_threads, training=True)
-        loss_sum, delta = self.loss.loss_and_delta(activations[-1], target, n_threads)
-        loss = self.loss.mean_loss(loss_sum, n, self.n_outputs)
-        if alpha:
-            squared_norm = sum(float(np.dot(l.coef.ravel(), l.coef.ravel())) for l in self.layers)
-            loss += 0.5 * alpha * squared_norm / n
+        if activations[-1].is_dense:
+            loss_fn = self.loss
+            if not isinstance(target, np.ndarray):  # sparse targets kept for a sparse layer
+                target = target.toarray()
+            loss_sum, delta = loss_fn.loss_and_delta(activations[-1], target, n_threads)
+        else:  # a sparse output: loss over each sample's active set, true labels first
+            loss_fn = out_layer.sparse_loss
+            loss_sum, delta = loss_fn.loss_and_delta(activations[-1], out_layer.n_forced, n_threads)
+        loss = loss_fn.mean_loss(loss_sum, n, self.n_outputs)
 
         for i in range(len(self.layers) - 1, -1, -1):
             input_grad = self.layers[i].backward(delta, n_threads, need_input_grad=i > 0)
             if i > 0:
                 self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
                 delta = input_grad
+        if alpha:
+            # Row-sparse layers are penalised (and counted) on the rows they update.
+            squared_norm = sum(
+                l.coef_grad.squared_norm(l.coef) if isinstance(l.coef_grad, RowGrad)
+                else float(np.dot(l.coef.ravel(), l.coef.ravel()))
+                for l in self.layers
+            )
+            loss += 0.5 * alpha * squared_norm / n
 
         l2 = alpha / n
         l2s = [l2] * len(self.layers) + [0.0] * len(self.layers)
@@ -106,6 +131,12 @@ class Network:
         for layer in self.layers:
             layer.selector.after_update(layer)
         return loss
+
+    def output_transform(self, outputs, n_threads):
+        """In place: output-layer logits to the model's outputs (the loss the output layer was
+        trained with: a sparse layer may train with softmax on multilabel targets)."""
+        sparse_loss = getattr(self.layers[-1], "sparse_loss", None)
+        (sparse_loss or self.loss).transform(outputs, n_threads)
 
     def predict(self, X, n_threads):
         """Output activations (probabilities or regression values) for every row of ``X``.
@@ -126,6 +157,6 @@ class Network:
         for start in range(0, n_samples, chunk):
             stop = min(start + chunk, n_samples)
             outputs = self.forward(ActiveSet.from_data(X[start:stop]), n_threads)[-1]
-            self.loss.transform(outputs, n_threads)
+            self.output_transform(outputs, n_threads)
             out[start:stop] = outputs.to_dense()
         return out

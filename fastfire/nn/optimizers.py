@@ -2,15 +2,61 @@
 
 Parameters are updated in place through flat views, with the L2 penalty folded into the
 kernel (``grad + l2 * param``) so each step is one pass over the parameters.
+
+A layer that computed gradients for a few rows only (sparse layers such as LSH) reports them as
+a :class:`RowGrad`; those parameters are updated lazily, row by row (``adam_step_rows`` with
+per-row step counters and exact bias correction, ``sgd_step_rows``): rows without gradient,
+and their optimizer state, are not touched, so a step costs O(touched rows), never a pass over
+all weights.
 """
 
 import numpy as np
 
-from fastfire._core._optim import adam_step, sgd_step
+from fastfire._core._optim import adam_step, adam_step_rows, sgd_step, sgd_step_rows
 
 
 def _flat(array):
     return array.reshape(-1)
+
+
+class RowGrad:
+    """Gradient of some rows of a parameter.
+
+    Parameters
+    ----------
+    rows : ndarray of int32
+        Distinct row ids.
+    values : ndarray of shape (len(rows), p), float32
+        Row ``k`` is the gradient of row ``rows[k]``.
+    layout : {"T", "rows", "col"}
+        Which rows: of ``param.T`` (a Fortran-ordered ``(n_in, n_out)`` coef stored neuron-major,
+        rows are neurons), of ``param`` itself (a C-ordered coef, rows are input features) or
+        of ``param.reshape(-1, 1)`` (a bias vector).
+    """
+
+    __slots__ = ("rows", "values", "layout")
+
+    def __init__(self, rows, values, layout):
+        self.rows = rows
+        self.values = values
+        self.layout = layout
+
+    def view(self, array):
+        """The C-contiguous row view of ``array`` (a parameter or its optimizer state)."""
+        if self.layout == "T":
+            out = array.T
+        elif self.layout == "rows":
+            out = array
+        else:
+            out = array.reshape(-1, 1)
+        if not out.flags.c_contiguous:
+            raise ValueError("RowGrad: the parameter's row view is not C-contiguous.")
+        return out
+
+    def squared_norm(self, param):
+        """Squared norm of the listed rows of ``param`` (the L2 term of a lazy update)."""
+        rows = self.view(param)[self.rows]
+        return float(np.dot(rows.ravel(), rows.ravel()))
 
 
 class Adam:
@@ -33,6 +79,7 @@ class Adam:
         self.t = 0
         self.ms = [np.zeros_like(p) for p in params]
         self.vs = [np.zeros_like(p) for p in params]
+        self.row_ts = [None] * len(params)  # per-row step counters of lazily updated params
 
     def step(self, params, grads, l2s, n_threads):
         """One update of every parameter from its gradient (``l2s``: per-array L2 factor)."""
@@ -42,7 +89,16 @@ class Adam:
             * np.sqrt(1 - self.beta_2**self.t)
             / (1 - self.beta_1**self.t)
         )
-        for p, g, m, v, l2 in zip(params, grads, self.ms, self.vs, l2s):
+        for i, (p, g, m, v, l2) in enumerate(zip(params, grads, self.ms, self.vs, l2s)):
+            if isinstance(g, RowGrad):
+                if not hasattr(self, "row_ts"):
+                    self.row_ts = [None] * len(params)
+                if self.row_ts[i] is None:
+                    self.row_ts[i] = np.zeros(g.view(p).shape[0], dtype=np.int64)
+                adam_step_rows(g.view(p), g.values, g.rows, g.view(m), g.view(v), self.row_ts[i],
+                               self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon,
+                               l2, n_threads)
+                continue
             adam_step(_flat(p), _flat(g), _flat(m), _flat(v), self.learning_rate,
                       self.beta_1, self.beta_2, self.epsilon, l2, n_threads)
 
@@ -82,6 +138,10 @@ class SGD:
     def step(self, params, grads, l2s, n_threads):
         """One update of every parameter from its gradient (``l2s``: per-array L2 factor)."""
         for p, g, vel, l2 in zip(params, grads, self.velocities, l2s):
+            if isinstance(g, RowGrad):
+                sgd_step_rows(g.view(p), g.values, g.rows, g.view(vel), self.learning_rate,
+                              self.momentum, self.nesterov, l2, n_threads)
+                continue
             sgd_step(_flat(p), _flat(g), _flat(vel), self.learning_rate, self.momentum,
                      self.nesterov, l2, n_threads)
 

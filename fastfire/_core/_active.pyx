@@ -1,0 +1,455 @@
+"""A dense layer restricted to per-sample active output sets (SLIDE's sparse forward/backward).
+
+Layout. The layer's weights are stored neuron-major, ``Wt`` of shape ``(n_out, n_in)``
+C-contiguous, so that the weight vector of one output neuron is one contiguous row (a dot product
+and a gradient row are each one streaming pass). The estimator still sees scikit-learn's
+``coef`` of shape ``(n_in, n_out)``: it is the Fortran-ordered view ``Wt.T`` of the same memory.
+
+Active sets are CSR-like: the active neurons of sample ``i`` are ``idx[indptr[i]:indptr[i+1]]``
+and the flat arrays of values / deltas follow that layout.
+
+Gradients are accumulated for the touched rows only: :func:`touched_rows` lists the distinct
+neurons of a batch (first-appearance order) and gives every active entry its row slot, plus a
+slot-major transpose of the entries (samples in increasing order). :func:`grad_rows_dense` /
+:func:`grad_rows_csr` then fill a compact ``(n_touched, n_in)`` gradient either
+
+* deterministically (``hogwild=False``): parallel over touched rows, each row summing its
+  samples in increasing order - the same bits for every thread count; or
+* HOGWILD (``hogwild=True``, SLIDE's way): parallel over samples, adding into shared rows
+  without synchronisation. Concurrent additions to the same row may be lost or reordered, so
+  with more than one thread the result is NOT deterministic (with one thread it equals the
+  deterministic path exactly).
+"""
+
+from cython.parallel cimport parallel, prange
+from libc.math cimport expf, log1pf, logf, tanhf
+from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memset
+
+from fastfire._core._blas cimport saxpy_, sdot_
+
+cdef enum:
+    _IDENTITY = 0
+    _RELU = 1
+    _LOGISTIC = 2
+    _TANH = 3
+
+
+def _check_threads(int n_threads):
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
+
+
+cdef inline float _act(float z, int act) noexcept nogil:
+    cdef float e
+    if act == _RELU:
+        return z if z > 0 else 0.0
+    if act == _LOGISTIC:
+        if z >= 0:
+            return 1.0 / (1.0 + expf(-z))
+        e = expf(z)
+        return e / (1.0 + e)
+    if act == _TANH:
+        return tanhf(z)
+    return z
+
+
+cdef inline float _act_grad(float a, int act) noexcept nogil:
+    """Derivative from the activation's output ``a``."""
+    if act == _RELU:
+        return 1.0 if a > 0 else 0.0
+    if act == _LOGISTIC:
+        return a * (1.0 - a)
+    if act == _TANH:
+        return 1.0 - a * a
+    return 1.0
+
+
+def _check_set(indptr, idx, n, n_out_values=None):
+    if indptr.shape[0] != n + 1:
+        raise ValueError(f"indptr has {indptr.shape[0]} entries, expected n_samples + 1 = {n + 1}.")
+    if indptr[n] != idx.shape[0]:
+        raise ValueError(f"indptr[-1] = {indptr[n]} but idx has {idx.shape[0]} entries.")
+    if n_out_values is not None and n_out_values != idx.shape[0]:
+        raise ValueError(f"values have {n_out_values} entries, the active set {idx.shape[0]}.")
+
+
+def active_forward_dense(const float[:, ::1] X,        # IN (n, n_in)
+                         const float[:, ::1] Wt,       # IN (n_out, n_in) neuron-major
+                         const float[::1] bias,        # IN (n_out,)
+                         const int64_t[::1] indptr,    # IN (n + 1,)
+                         const int32_t[::1] idx,       # IN (nnz,) active neuron ids
+                         float[::1] out,               # OUT (nnz,)
+                         int act=0, int n_threads=1):
+    """``out[e] = act(bias[r] + Wt[r] . X[i])`` for every active entry ``e = (i, r)``."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i
+    cdef int64_t e
+    _check_set(indptr, idx, n, out.shape[0])
+    if Wt.shape[1] != d:
+        raise ValueError(f"Wt has {Wt.shape[1]} inputs, X {d}.")
+    if bias.shape[0] != Wt.shape[0]:
+        raise ValueError(f"bias has {bias.shape[0]} entries, Wt {Wt.shape[0]} rows.")
+    _check_threads(n_threads)
+    if n == 0 or idx.shape[0] == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
+            for e in range(indptr[i], indptr[i + 1]):
+                out[e] = _act(bias[idx[e]] + (sdot_(<int> d, &X[i, 0], &Wt[idx[e], 0]) if d else 0.0), act)
+
+
+def active_forward_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
+                       const float[::1] x_val,         # IN CSR input (n, n_in)
+                       const float[:, ::1] Wt,         # IN (n_out, n_in)
+                       const float[::1] bias,          # IN (n_out,)
+                       const int64_t[::1] indptr,      # IN (n + 1,)
+                       const int32_t[::1] idx,         # IN (nnz,)
+                       float[::1] out,                 # OUT (nnz,)
+                       int act=0, int n_threads=1):
+    """As :func:`active_forward_dense` for a CSR input: sums over the input's non-zeros."""
+    cdef Py_ssize_t n = x_indptr.shape[0] - 1, i
+    cdef int64_t e, p
+    cdef double s
+    cdef const float* w
+    _check_set(indptr, idx, n, out.shape[0])
+    if bias.shape[0] != Wt.shape[0]:
+        raise ValueError(f"bias has {bias.shape[0]} entries, Wt {Wt.shape[0]} rows.")
+    _check_threads(n_threads)
+    if n <= 0 or idx.shape[0] == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
+            for e in range(indptr[i], indptr[i + 1]):
+                w = &Wt[idx[e], 0]
+                s = 0.0
+                for p in range(x_indptr[i], x_indptr[i + 1]):
+                    s = s + x_val[p] * w[x_idx[p]]
+                out[e] = _act(bias[idx[e]] + <float> s, act)
+
+
+def sparse_softmax_xent(const int64_t[::1] indptr,      # IN (n + 1,)
+                        const int32_t[::1] n_labels,    # IN (n,) labels first in each row
+                        float[::1] values,              # IN logits / OUT delta (nnz,)
+                        int n_threads=1):
+    """Softmax over each sample's active set with the target spread over its true labels.
+
+    The first ``n_labels[i]`` entries of sample ``i`` are its true labels, each with target
+    ``1 / n_labels[i]`` (SLIDE). Returns the summed loss ``-sum_l (1/|Y|) log p_l`` and writes
+    ``p - target`` over ``values``. A sample without labels contributes 0 (delta 0).
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i
+    cdef int64_t e, a, b
+    cdef float mx, inv
+    cdef double s, lsum, loss = 0.0
+    if n_labels.shape[0] != n or indptr[n] != values.shape[0]:
+        raise ValueError("sparse_softmax_xent: indptr, n_labels and values disagree.")
+    _check_threads(n_threads)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            a = indptr[i]
+            b = indptr[i + 1]
+            if n_labels[i] == 0 or b == a:
+                for e in range(a, b):
+                    values[e] = 0.0
+                continue
+            mx = values[a]
+            for e in range(a, b):
+                if values[e] > mx:
+                    mx = values[e]
+            s = 0.0
+            for e in range(a, b):
+                values[e] = expf(values[e] - mx)
+                s = s + values[e]
+            inv = 1.0 / n_labels[i]
+            lsum = 0.0
+            for e in range(a, b):
+                values[e] = <float> (values[e] / s)
+                if e < a + n_labels[i]:
+                    lsum = lsum + logf(values[e] if values[e] > 1e-30 else 1e-30)
+                    values[e] = values[e] - inv
+            loss += -lsum * inv
+    return loss
+
+
+def sparse_logistic_xent(const int64_t[::1] indptr,     # IN (n + 1,)
+                         const int32_t[::1] n_labels,   # IN (n,)
+                         float[::1] values,             # IN logits / OUT delta (nnz,)
+                         int n_threads=1):
+    """Independent logistic outputs over the active entries; target 1 on the first
+    ``n_labels[i]`` entries of a sample, 0 elsewhere. Returns the summed binary cross-entropy
+    and writes ``sigmoid(z) - y`` over ``values``."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i
+    cdef int64_t e
+    cdef float z, y, p
+    cdef double loss = 0.0
+    if n_labels.shape[0] != n or indptr[n] != values.shape[0]:
+        raise ValueError("sparse_logistic_xent: indptr, n_labels and values disagree.")
+    _check_threads(n_threads)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            for e in range(indptr[i], indptr[i + 1]):
+                z = values[e]
+                y = 1.0 if e < indptr[i] + n_labels[i] else 0.0
+                # log(1 + exp(z)) - y z, stably
+                loss += (z if z > 0 else 0.0) + log1pf(expf(-z if z > 0 else z)) - y * z
+                values[e] = _act(z, _LOGISTIC) - y
+    return loss
+
+
+def active_act_backward(const float[:, ::1] grad,       # IN (n, n_out) dLoss/d(outputs), dense
+                        const int64_t[::1] indptr,      # IN
+                        const int32_t[::1] idx,         # IN
+                        const float[::1] values,        # IN (nnz,) the layer's activations
+                        float[::1] delta,               # OUT (nnz,) dLoss/d(pre-activation)
+                        int act=0, int n_threads=1):
+    """Gather a dense output gradient at the active entries and apply the activation's derivative
+    (a hidden LSH layer; inactive neurons output 0 and get no gradient)."""
+    cdef Py_ssize_t n = grad.shape[0], i
+    cdef int64_t e
+    _check_set(indptr, idx, n, values.shape[0])
+    if delta.shape[0] != values.shape[0]:
+        raise ValueError("delta and values differ in length.")
+    _check_threads(n_threads)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            for e in range(indptr[i], indptr[i + 1]):
+                delta[e] = grad[i, idx[e]] * _act_grad(values[e], act)
+
+
+def active_input_grad(const float[::1] delta,           # IN (nnz,)
+                      const int64_t[::1] indptr,        # IN (n + 1,)
+                      const int32_t[::1] idx,           # IN (nnz,)
+                      const float[:, ::1] Wt,           # IN (n_out, n_in)
+                      float[:, ::1] input_grad,         # OUT (n, n_in)
+                      int n_threads=1):
+    """``input_grad[i] = sum_{e in row i} delta[e] * Wt[idx[e]]`` (no race: one sample per task)."""
+    cdef Py_ssize_t n = input_grad.shape[0], d = input_grad.shape[1], i
+    cdef int64_t e
+    _check_set(indptr, idx, n, delta.shape[0])
+    if Wt.shape[1] != d:
+        raise ValueError(f"Wt has {Wt.shape[1]} inputs, input_grad {d}.")
+    _check_threads(n_threads)
+    if n == 0 or d == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
+            memset(&input_grad[i, 0], 0, d * sizeof(float))
+            for e in range(indptr[i], indptr[i + 1]):
+                if delta[e] != 0:
+                    saxpy_(<int> d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
+
+
+def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
+                 const int32_t[::1] idx,                # IN (nnz,)
+                 int32_t[::1] mark,                     # SCRATCH (n_out,) all -1 in and out
+                 int32_t[::1] rows,                     # OUT (>= n_touched,) distinct ids
+                 int32_t[::1] slot,                     # OUT (nnz,) row slot of each entry
+                 int64_t[::1] t_indptr,                 # OUT (>= n_touched + 1,)
+                 int64_t[::1] t_entries,                # OUT (nnz,) entries grouped by slot
+                 int32_t[::1] entry_sample):            # OUT (nnz,) sample of each entry
+    """Distinct neurons of a batch (first-appearance order) and the slot-major transpose of the
+    active entries (samples in increasing order within a slot). Sequential, O(nnz).
+    Returns ``n_touched``."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i, nnz = idx.shape[0]
+    cdef int64_t e, s
+    cdef int32_t nt = 0, r
+    _check_set(indptr, idx, n)
+    if slot.shape[0] != nnz or t_entries.shape[0] != nnz or entry_sample.shape[0] != nnz:
+        raise ValueError("touched_rows: slot, t_entries and entry_sample need one entry per active entry.")
+    if rows.shape[0] < min(nnz, mark.shape[0]) or t_indptr.shape[0] < min(nnz, mark.shape[0]) + 1:
+        raise ValueError("touched_rows: rows / t_indptr are too short.")
+    with nogil:
+        for i in range(n):
+            for e in range(indptr[i], indptr[i + 1]):
+                entry_sample[e] = <int32_t> i
+                r = idx[e]
+                if mark[r] < 0:
+                    mark[r] = nt
+                    rows[nt] = r
+                    t_indptr[nt + 1] = 0
+                    nt = nt + 1
+                slot[e] = mark[r]
+                t_indptr[mark[r] + 1] += 1
+        t_indptr[0] = 0
+        for s in range(nt):
+            t_indptr[s + 1] += t_indptr[s]
+        for s in range(nt):
+            mark[rows[s]] = <int32_t> t_indptr[s]   # fill cursor, reset below
+        for e in range(nnz):
+            s = slot[e]
+            t_entries[mark[rows[s]]] = e
+            mark[rows[s]] += 1
+        for s in range(nt):
+            mark[rows[s]] = -1
+    return nt
+
+
+def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
+                    const float[::1] delta,              # IN (nnz,)
+                    const int64_t[::1] indptr,           # IN (n + 1,)
+                    const int32_t[::1] slot,             # IN (nnz,)
+                    const int64_t[::1] t_indptr,         # IN (n_touched + 1,)
+                    const int64_t[::1] t_entries,        # IN (nnz,)
+                    const int32_t[::1] entry_sample,     # IN (nnz,)
+                    float[:, ::1] grad,                  # OUT (n_touched, n_in)
+                    float[::1] bias_grad,                # OUT (n_touched,)
+                    float scale, bint hogwild=False, int n_threads=1):
+    """Compact gradient of the touched rows: ``grad[s] = scale * sum delta[e] * X[sample(e)]``
+    over the entries of slot ``s``; ``bias_grad[s] = scale * sum delta[e]``."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], nt = grad.shape[0], s, i
+    cdef int64_t e, q
+    cdef float b
+    _check_set(indptr, slot, n, delta.shape[0])
+    if t_indptr.shape[0] < nt + 1 or bias_grad.shape[0] != nt or grad.shape[1] != d:
+        raise ValueError("grad_rows_dense: grad / bias_grad / t_indptr do not match.")
+    _check_threads(n_threads)
+    with nogil:
+        if not hogwild:
+            for s in prange(nt, schedule="dynamic", chunksize=16, num_threads=n_threads):
+                if d:
+                    memset(&grad[s, 0], 0, d * sizeof(float))
+                b = 0.0
+                for q in range(t_indptr[s], t_indptr[s + 1]):
+                    e = t_entries[q]
+                    b = b + scale * delta[e]
+                    if d and delta[e] != 0:
+                        saxpy_(<int> d, scale * delta[e], &X[entry_sample[e], 0], &grad[s, 0])
+                bias_grad[s] = b
+        else:
+            for s in prange(nt, schedule="static", num_threads=n_threads):
+                if d:
+                    memset(&grad[s, 0], 0, d * sizeof(float))
+                bias_grad[s] = 0.0
+            for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
+                for e in range(indptr[i], indptr[i + 1]):
+                    s = slot[e]
+                    bias_grad[s] = bias_grad[s] + scale * delta[e]   # racy by design
+                    if d and delta[e] != 0:
+                        saxpy_(<int> d, scale * delta[e], &X[i, 0], &grad[s, 0])
+
+
+def grad_rows_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
+                  const float[::1] x_val,                # IN CSR input (n, n_in)
+                  const float[::1] delta,                # IN (nnz,)
+                  const int64_t[::1] indptr,             # IN (n + 1,)
+                  const int32_t[::1] slot,               # IN (nnz,)
+                  const int64_t[::1] t_indptr,           # IN
+                  const int64_t[::1] t_entries,          # IN
+                  const int32_t[::1] entry_sample,       # IN
+                  float[:, ::1] grad,                    # OUT (n_touched, n_in)
+                  float[::1] bias_grad,                  # OUT (n_touched,)
+                  float scale, bint hogwild=False, int n_threads=1):
+    """As :func:`grad_rows_dense` for a CSR input (scatter over the input's non-zeros)."""
+    cdef Py_ssize_t n = x_indptr.shape[0] - 1, d = grad.shape[1], nt = grad.shape[0], s, i
+    cdef int64_t e, q, p
+    cdef float b, g
+    cdef float* row
+    _check_set(indptr, slot, n, delta.shape[0])
+    if t_indptr.shape[0] < nt + 1 or bias_grad.shape[0] != nt:
+        raise ValueError("grad_rows_csr: grad / bias_grad / t_indptr do not match.")
+    _check_threads(n_threads)
+    with nogil:
+        if not hogwild:
+            for s in prange(nt, schedule="dynamic", chunksize=16, num_threads=n_threads):
+                row = &grad[s, 0] if d else NULL
+                if d:
+                    memset(row, 0, d * sizeof(float))
+                b = 0.0
+                for q in range(t_indptr[s], t_indptr[s + 1]):
+                    e = t_entries[q]
+                    g = scale * delta[e]
+                    b = b + g
+                    i = entry_sample[e]
+                    for p in range(x_indptr[i], x_indptr[i + 1]):
+                        row[x_idx[p]] = row[x_idx[p]] + g * x_val[p]
+                bias_grad[s] = b
+        else:
+            for s in prange(nt, schedule="static", num_threads=n_threads):
+                if d:
+                    memset(&grad[s, 0], 0, d * sizeof(float))
+                bias_grad[s] = 0.0
+            for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
+                for e in range(indptr[i], indptr[i + 1]):
+                    s = slot[e]
+                    g = scale * delta[e]
+                    bias_grad[s] = bias_grad[s] + g
+                    row = &grad[s, 0] if d else NULL
+                    for p in range(x_indptr[i], x_indptr[i + 1]):
+                        row[x_idx[p]] = row[x_idx[p]] + g * x_val[p]
+
+
+def dense_scores_topk(const float[:, ::1] scores,        # IN (n, m)
+                      int k,
+                      int32_t[:, ::1] top_idx,           # OUT (n, k)
+                      float[:, ::1] top_val,             # OUT (n, k)
+                      int n_threads=1):
+    """Top ``k`` of every row, best first, ties to the lower index (insertion into a sorted
+    list of k: O(m k) worst case, O(m) typical for small k)."""
+    cdef Py_ssize_t n = scores.shape[0], m = scores.shape[1], i, j
+    cdef int c, pos
+    cdef float v
+    if k < 1 or k > m:
+        raise ValueError(f"k must be in [1, {m}], got {k}.")
+    if top_idx.shape[0] != n or top_idx.shape[1] != k or top_val.shape[0] != n or top_val.shape[1] != k:
+        raise ValueError("top_idx / top_val must be (n, k).")
+    _check_threads(n_threads)
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            c = 0
+            for j in range(m):
+                v = scores[i, j]
+                if c == k and not (v > top_val[i, k - 1]):
+                    continue
+                pos = c if c < k else k - 1
+                while pos > 0 and v > top_val[i, pos - 1]:
+                    if pos < k:
+                        top_val[i, pos] = top_val[i, pos - 1]
+                        top_idx[i, pos] = top_idx[i, pos - 1]
+                    pos = pos - 1
+                top_val[i, pos] = v
+                top_idx[i, pos] = <int32_t> j
+                if c < k:
+                    c = c + 1
+
+
+def backward_hogwild_dense(const float[:, ::1] X,         # IN (n, n_in)
+                           const float[::1] delta,        # IN (nnz,)
+                           const int64_t[::1] indptr,     # IN (n + 1,)
+                           const int32_t[::1] idx,        # IN (nnz,)
+                           const int32_t[::1] slot,       # IN (nnz,)
+                           const float[:, ::1] Wt,        # IN (n_out, n_in)
+                           float[:, ::1] grad,            # OUT (n_touched, n_in)
+                           float[::1] bias_grad,          # OUT (n_touched,)
+                           float[:, ::1] input_grad,      # OUT (n, n_in), or (0, n_in): skipped
+                           float scale, int n_threads=1):
+    """SLIDE's fused HOGWILD backward: one pass over each sample's active neurons computes both
+    its input gradient (``sum delta[e] * Wt[r]``) and its contribution ``scale * delta[e] * X[i]``
+    to the shared compact weight-gradient rows (unsynchronised: NOT deterministic with more than
+    one thread; with one thread it equals :func:`grad_rows_dense` + :func:`active_input_grad`).
+    Each weight row ``Wt[r]`` / gradient row is visited once per (sample, neuron) pair instead of
+    twice."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], nt = grad.shape[0], s, i
+    cdef int64_t e
+    cdef bint want = input_grad.shape[0] > 0
+    _check_set(indptr, idx, n, delta.shape[0])
+    if slot.shape[0] != idx.shape[0] or bias_grad.shape[0] != nt or grad.shape[1] != d \
+            or Wt.shape[1] != d or (want and (input_grad.shape[0] != n or input_grad.shape[1] != d)):
+        raise ValueError("backward_hogwild_dense: shapes do not agree.")
+    _check_threads(n_threads)
+    if d == 0:
+        return
+    with nogil:
+        for s in prange(nt, schedule="static", num_threads=n_threads):
+            memset(&grad[s, 0], 0, d * sizeof(float))
+            bias_grad[s] = 0.0
+        for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
+            if want:
+                memset(&input_grad[i, 0], 0, d * sizeof(float))
+            for e in range(indptr[i], indptr[i + 1]):
+                if delta[e] == 0:
+                    continue
+                s = slot[e]
+                bias_grad[s] = bias_grad[s] + scale * delta[e]   # racy by design
+                saxpy_(<int> d, scale * delta[e], &X[i, 0], &grad[s, 0])
+                if want:
+                    saxpy_(<int> d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])

@@ -1,0 +1,719 @@
+"""LSH active-neuron selection (SLIDE: Chen et al., MLSys 2020; Daghaghi et al., MLSys 2021).
+
+For each sample, only the output neurons whose weight vectors collide with the layer's input in
+``L`` hash tables (``K`` hashes concatenated per table) are computed, trained and updated.
+
+The pieces:
+
+- :class:`LSH` — the selector (parameters and schedule decisions), registered as ``"lsh"``;
+- :class:`LSHLayer` — the layer it builds: neuron-major weights, hash functions, tables and the
+  upkeep state; its output ActiveSet is sparse (``indptr`` / ``indices`` / ``values``);
+- kernels in ``fastfire._core._lsh`` (hashing, tables, queries) and ``fastfire._core._active``
+  (forward/backward restricted to the active sets, sparse losses).
+
+Weights. The layer stores ``Wt`` of shape ``(n_out, n_in)`` C-contiguous (a neuron's weights are
+one contiguous row) and exposes ``coef = Wt.T``, a Fortran-ordered ``(n_in, n_out)`` view of the
+same memory: the estimator's ``coefs_`` is that view, so scikit-learn's layout and every update
+stay shared without a copy.
+
+Training. During ``fit`` the output layer's active set of a sample is: its true labels (when
+``label_forcing``), then the retrieved neurons chosen by ``policy`` (at most ``budget``), then
+random neurons until ``min_active`` are active. Gradients exist for the touched rows only and the
+optimizer updates those rows (lazy Adam with per-row step counters). Prediction (``predict``,
+``predict_proba``, ``predict_topk(exact=True)``) scores every neuron exactly; the tables serve
+``predict_topk(exact=False)``.
+
+Persistence. Hash functions are redrawn from the layer's seed and tables are rebuilt from the
+current weights when a model is loaded (``fastfire.load``) or unpickled: they are a pure function
+of (seed, weights), so nothing but the seed is stored. The seed is the selector's
+``random_state`` or, when that is None, one drawn from the estimator's ``random_state`` and kept
+in the estimator (``_selector_seeds``).
+"""
+
+import math
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+from fastfire._core import _active, _lsh
+from fastfire._core._dense import ACTIVATIONS, gemm
+from fastfire.nn.active import ActiveSet
+from fastfire.nn.layers import DenseLayer
+from fastfire.nn.losses import SparseLogisticCrossEntropy, SparseSoftmaxCrossEntropy
+from fastfire.nn.optimizers import RowGrad
+from fastfire.nn.selectors import Selector, register_selector
+
+__all__ = ["LSH", "LSHLayer", "SparseInput", "SparseInputLayer"]
+
+_FAMILIES = {"simhash": _lsh.SIMHASH, "wta": _lsh.WTA, "dwta": _lsh.DWTA}
+_POLICIES = {"union": _lsh.UNION, "topk": _lsh.TOPK, "threshold": _lsh.THRESHOLD}
+_BUCKET_POLICIES = {"fifo": _lsh.FIFO, "reservoir": _lsh.RESERVOIR}
+_REHASH = ("fixed", "decay", "change", "never")
+_LOSSES = {"softmax": SparseSoftmaxCrossEntropy, "logistic": SparseLogisticCrossEntropy}
+
+#: SimHash of dense inputs uses a GEMM against a dense copy of the projections when it has at
+#: most this many entries (n_in * K * L); larger (first-layer) families use the sparse kernels.
+_GEMM_PROJECTION_FLOATS = 1 << 22
+
+#: Neurons hashed per call when the tables are rebuilt (bounds the projection buffer).
+_HASH_CHUNK_ROWS = 16384
+
+
+def _check_int(name, value, low, high=None, none_ok=False):
+    if value is None and none_ok:
+        return
+    ok = isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and value >= low and (high is None or value <= high)
+    if not ok:
+        rng = f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
+        extra = " or None" if none_ok else ""
+        raise ValueError(f"The '{name}' parameter of LSH must be an int in the range {rng}{extra}. "
+                         f"Got {value!r} instead.")
+
+
+def _check_real(name, value, low, high, low_open=False):
+    ok = isinstance(value, (numbers.Real, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = ("(" if low_open else "[") + f"{low}, {high}]"
+        raise ValueError(f"The '{name}' parameter of LSH must be a float in the range {bound}. "
+                         f"Got {value!r} instead.")
+
+
+def _check_option(name, value, options):
+    if value not in options:
+        raise ValueError(f"The '{name}' parameter of LSH must be one of {sorted(options)}. "
+                         f"Got {value!r} instead.")
+
+
+@register_selector
+class LSH(Selector):
+    """Select each sample's active neurons by locality-sensitive hashing (SLIDE).
+
+    Parameters
+    ----------
+    hash : {"simhash", "dwta", "wta"}, default="simhash"
+        Hash family: signed random projections (dense or sparse inputs, sparse projections of
+        density ``density``), densified winner-take-all (for sparse non-negative inputs; empty
+        bins borrow a code) or plain winner-take-all.
+    k : int, default=8
+        Hashes concatenated into one table key.
+    l : int, default=32
+        Number of tables.
+    bin_size : int, default=8
+        Coordinates per WTA/DWTA hash (ignored by SimHash).
+    density : float in (0, 1], default=1/3
+        Fraction of non-zero entries of each SimHash projection (signs +-1).
+    range_pow : int, default=18
+        Keys wider than ``range_pow`` bits are folded into ``2**range_pow`` buckets.
+    capacity : int, default=128
+        Most neuron ids one bucket keeps.
+    bucket_policy : {"reservoir", "fifo"}, default="reservoir"
+        Which ids an overflowing bucket keeps: a uniform sample, or the last inserted
+        (SLIDE's ring buffer; neurons are inserted in id order).
+    policy : {"topk", "union", "threshold"}, default="topk"
+        How the retrieved buckets become the active set: the ``budget`` neurons found in most
+        tables (the best similarity estimate), their union in table order (SLIDE's vanilla
+        sampling), or those found in at least ``threshold`` tables. With "union" the
+        retrieved set is biased to the first tables' buckets; on a 100K-label problem
+        (bench/RESULTS-lsh.md, "policy") exact P@1 collapsed after 3 epochs with "union"
+        (0.346 to 0.042) and held with "topk".
+    budget : int, default=500
+        Most retrieved neurons per sample (true labels not counted).
+    threshold : int, default=2
+        Tables a neuron must be found in for ``policy="threshold"``.
+    label_forcing : bool, default=True
+        During training, add the sample's true labels to the output layer's active set.
+    min_active : int, default=1000
+        During training, fill the active set with random neurons up to this size. Retrieved
+        neurons alone are "hard" negatives: labels that are never retrieved (a large bias, a
+        weight vector pointing away from typical inputs) are then never pushed down and win
+        at exact prediction time. Mixing both works best (measured in bench/RESULTS-lsh.md,
+        "candidates": 600 labels, P@1 0.52 with 300 retrieved only, 0.77 with 300 random
+        only, 0.80 with 150 retrieved + 150 random, 0.76 with every label active).
+    rehash : {"decay", "fixed", "change", "never"}, default="decay"
+        Table upkeep: rebuild every ``rehash_every`` training samples (``"fixed"``); the same
+        with the period multiplied by ``rehash_growth`` after each rebuild (``"decay"``, the
+        exponentially decaying frequency of the SLIDE paper); or check every ``rehash_every``
+        samples the codes of ``change_sample`` random neurons and rebuild when more than
+        ``change_threshold`` of them changed bucket in some table (``"change"``).
+    rehash_every : int, default=6400
+        Period (in training samples) of the schedule.
+    rehash_growth : float, default=1.5
+        Factor applied to the period after each rebuild with ``rehash="decay"``.
+    new_hashes_every : int or None, default=None
+        Draw new hash functions (then rebuild) every this many training samples.
+    change_threshold : float, default=0.1
+        Fraction of probed neurons whose bucket changed that triggers a rebuild.
+    change_sample : int, default=1000
+        Neurons probed by ``rehash="change"``.
+    loss : {"softmax", "logistic"}, default="softmax"
+        Output loss over the active set (output layer): softmax with the target spread over
+        the true labels (SLIDE), or independent logistic outputs. The model's outputs follow
+        it: with "softmax", ``predict_proba`` is the softmax over every label (rows sum to 1,
+        also for multilabel targets) and ``predict`` marks the labels above 0.5, so rank with
+        ``predict_topk`` instead; with "logistic" they are per-label probabilities.
+    deterministic : bool, default=False
+        Accumulate gradients deterministically (same bits for every thread count). The default,
+        HOGWILD, adds rows from several threads without synchronisation: faster on many
+        cores but NOT deterministic with more than one thread.
+    random_state : int or None, default=None
+        Seed of the hash functions, of the random fill and of reservoir sampling. None: a seed
+        drawn from the estimator's ``random_state``.
+
+    Examples
+    --------
+    >>> from fastfire import MLPClassifier
+    >>> from fastfire.nn.lsh import LSH
+    >>> clf = MLPClassifier((128,), selection=["dense", LSH(k=8, l=32, budget=500)])
+    """
+
+    name = "lsh"
+
+    def __init__(self, hash="simhash", k=8, l=32, *, bin_size=8, density=1 / 3, range_pow=18,
+                 capacity=128, bucket_policy="reservoir", policy="topk", budget=500,
+                 threshold=2, label_forcing=True, min_active=1000, rehash="decay",
+                 rehash_every=6400, rehash_growth=1.5, new_hashes_every=None,
+                 change_threshold=0.1, change_sample=1000, loss="softmax", deterministic=False,
+                 random_state=None):
+        self.hash = hash
+        self.k = k
+        self.l = l
+        self.bin_size = bin_size
+        self.density = density
+        self.range_pow = range_pow
+        self.capacity = capacity
+        self.bucket_policy = bucket_policy
+        self.policy = policy
+        self.budget = budget
+        self.threshold = threshold
+        self.label_forcing = label_forcing
+        self.min_active = min_active
+        self.rehash = rehash
+        self.rehash_every = rehash_every
+        self.rehash_growth = rehash_growth
+        self.new_hashes_every = new_hashes_every
+        self.change_threshold = change_threshold
+        self.change_sample = change_sample
+        self.loss = loss
+        self.deterministic = deterministic
+        self.random_state = random_state
+        self.validate()
+
+    def validate(self):
+        """Raise a ValueError naming the first bad parameter."""
+        _check_option("hash", self.hash, _FAMILIES)
+        _check_int("k", self.k, 1, 31)
+        _check_int("l", self.l, 1, 4096)
+        _check_int("bin_size", self.bin_size, 2, 1 << 16)
+        _check_real("density", self.density, 0, 1, low_open=True)
+        _check_int("range_pow", self.range_pow, 1, 30)
+        _check_int("capacity", self.capacity, 1, 1 << 20)
+        _check_option("bucket_policy", self.bucket_policy, _BUCKET_POLICIES)
+        _check_option("policy", self.policy, _POLICIES)
+        _check_int("budget", self.budget, 0)
+        _check_int("threshold", self.threshold, 1, self.l)
+        if not isinstance(self.label_forcing, (bool, np.bool_)):
+            raise ValueError(f"The 'label_forcing' parameter of LSH must be a bool. Got {self.label_forcing!r} instead.")
+        _check_int("min_active", self.min_active, 0)
+        _check_option("rehash", self.rehash, _REHASH)
+        _check_int("rehash_every", self.rehash_every, 1)
+        _check_real("rehash_growth", self.rehash_growth, 1, 1e6)
+        _check_int("new_hashes_every", self.new_hashes_every, 1, none_ok=True)
+        _check_real("change_threshold", self.change_threshold, 0, 1)
+        _check_int("change_sample", self.change_sample, 1)
+        _check_option("loss", self.loss, _LOSSES)
+        if not isinstance(self.deterministic, (bool, np.bool_)):
+            raise ValueError(f"The 'deterministic' parameter of LSH must be a bool. Got {self.deterministic!r} instead.")
+        _check_int("random_state", self.random_state, 0, 2**63 - 1, none_ok=True)
+
+    # ---------------------------------------------------------------- selector protocol
+    def make_layer(self, coef, intercept, activation):
+        """Build an :class:`LSHLayer` (neuron-major weights, tables built from ``coef``)."""
+        self.validate()
+        return LSHLayer(coef, intercept, activation, self)
+
+    def select(self, layer, inputs, training):
+        """Active output neurons per sample during training; None (exact) otherwise."""
+        if not training:
+            return None
+        return layer.query(inputs, layer.n_threads, labels=self.label_forcing,
+                           min_active=self.min_active)
+
+    def after_update(self, layer):
+        """Table upkeep after an optimizer step, by the ``rehash`` schedule."""
+        st = layer.upkeep
+        n = layer.last_batch_size
+        st["since_rehash"] += n
+        st["since_new"] += n
+        if self.new_hashes_every is not None and st["since_new"] >= self.new_hashes_every:
+            layer.draw_hash_functions(new=True)
+            layer.build_tables()
+            st["since_new"] = st["since_rehash"] = 0
+            return
+        if self.rehash == "never" or st["since_rehash"] < st["period"]:
+            return
+        st["since_rehash"] = 0
+        if self.rehash == "change":
+            if layer.changed_fraction(self.change_sample) > self.change_threshold:
+                layer.build_tables()
+            return
+        layer.build_tables()
+        if self.rehash == "decay":
+            st["period"] = int(math.ceil(st["period"] * self.rehash_growth))
+
+
+class LSHLayer:
+    """A dense layer computed only on per-sample active output sets chosen by hash tables.
+
+    Same interface as :class:`~fastfire.nn.layers.DenseLayer` (``forward``, ``backward``,
+    ``activation_backward``, ``coef``, ``intercept``, ``coef_grad``, ``intercept_grad``,
+    ``selector``); after ``backward`` the gradients are :class:`~fastfire.nn.optimizers.RowGrad`
+    objects (the touched rows only). The output ActiveSet is sparse during training and dense
+    (every neuron, exact) otherwise.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_in, n_out), float32
+        Initial weights; used in place when Fortran-ordered (``Wt.T``), else copied once.
+    intercept : ndarray of shape (n_out,), float32
+        Biases, used in place.
+    activation : str
+        Activation of the layer ("identity" for the output layer).
+    selector : LSH
+        The parameters.
+    """
+
+    def __init__(self, coef, intercept, activation, selector):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}.")
+        self.Wt = np.ascontiguousarray(np.asarray(coef, dtype=np.float32).T)
+        self.coef = self.Wt.T
+        self.intercept = intercept
+        self.activation = activation
+        self.selector = selector
+        self.coef_grad = None
+        self.intercept_grad = None
+        self.n_threads = 1
+        self.last_batch_size = 0
+        self.seed = int(selector.random_state if selector.random_state is not None
+                        else getattr(selector, "_seed", 0))
+        self.hash_draw = 0
+        self.step = 0
+        self.upkeep = {"period": selector.rehash_every, "since_rehash": 0, "since_new": 0}
+        self._act_code = ACTIVATIONS[activation]
+        self._targets = None
+        self._reset_buffers()
+        self.draw_hash_functions()
+        self.build_tables()
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def n_in(self):
+        return self.Wt.shape[1]
+
+    @property
+    def n_out(self):
+        return self.Wt.shape[0]
+
+    @property
+    def sparse_loss(self):
+        """The loss over the active set for an output layer (``selector.loss``)."""
+        return _LOSSES[self.selector.loss]()
+
+    def _buffer(self, name, shape, dtype):
+        """A work array of ``shape`` viewed on a grow-only buffer (no allocation per batch)."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = np.empty(max(size, 1), dtype=dtype)
+            self._buffers[name] = buf
+        return buf[:size].reshape(shape)
+
+    def _reset_buffers(self):
+        self._buffers = {}
+        self._inputs = None
+        self._active = None
+        self._delta = None
+        self.n_forced = None
+        self._mark = np.full(self.n_out, -1, dtype=np.int32)
+        self._tables = None
+
+    # ---------------------------------------------------------------- hashing
+    def draw_hash_functions(self, new=False):
+        """Draw the K*L hash functions from (seed, draw count); ``new`` advances the count."""
+        if new:
+            self.hash_draw += 1
+        sel = self.selector
+        rng = np.random.default_rng([self.seed, self.hash_draw, 0x15A])
+        d, K, L = self.n_in, sel.k, sel.l
+        n_fn = K * L
+        family = _FAMILIES[sel.hash]
+        if family == _lsh.SIMHASH:
+            counts = np.maximum(1, rng.binomial(d, sel.density, n_fn))
+            fn_idx = np.concatenate([np.sort(rng.choice(d, c, replace=False)) for c in counts])
+            fn_val = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), fn_idx.size)
+            bits = K
+            key_space = 2 ** K
+        else:
+            b = sel.bin_size
+            if b > d:
+                raise ValueError(f"The 'bin_size' parameter of LSH ({b}) exceeds the layer's "
+                                 f"{d} inputs.")
+            if family == _lsh.WTA:
+                fn_idx = np.concatenate([rng.choice(d, b, replace=False) for _ in range(n_fn)])
+            else:  # DWTA: bins cut from concatenated random permutations
+                n_perm = -(-n_fn * b // d)
+                fn_idx = np.concatenate([rng.permutation(d) for _ in range(n_perm)])[: n_fn * b]
+            counts = np.full(n_fn, b)
+            fn_val = np.tile(np.arange(b, dtype=np.float32), n_fn)
+            key_space = (b + 1) ** K
+        fn_indptr = np.zeros(n_fn + 1, dtype=np.int64)
+        np.cumsum(counts, out=fn_indptr[1:])
+        fn_idx = fn_idx.astype(np.int32)
+        fn_val = np.ascontiguousarray(fn_val, dtype=np.float32)
+        fn_of = np.repeat(np.arange(n_fn, dtype=np.int32), counts)
+        order = np.lexsort((fn_val, fn_of, fn_idx))          # by feature, then function, position
+        ft_indptr = np.zeros(d + 1, dtype=np.int64)
+        np.cumsum(np.bincount(fn_idx, minlength=d), out=ft_indptr[1:])
+        if key_space > 2 ** sel.range_pow:
+            fold, n_buckets = sel.range_pow, 2 ** sel.range_pow
+        else:
+            fold, n_buckets = 0, int(key_space)
+        if family == _lsh.SIMHASH and d * n_fn <= _GEMM_PROJECTION_FLOATS:
+            # dense inputs are hashed with one GEMM against the (d, K*L) projection matrix
+            P = np.zeros((d, n_fn), dtype=np.float32)
+            P[fn_idx, np.repeat(np.arange(n_fn), counts)] = fn_val
+        else:
+            P = None
+        self.family = {
+            "P": P,
+            "family": family, "K": K, "L": L, "bin_size": sel.bin_size, "range_pow": fold,
+            "seed": int(np.random.default_rng([self.seed, self.hash_draw, 7]).integers(2**63)),
+            "fn_indptr": fn_indptr, "fn_idx": fn_idx, "fn_val": fn_val,
+            "ft_indptr": ft_indptr, "ft_fn": fn_of[order], "ft_val": fn_val[order],
+        }
+        self.n_buckets = n_buckets
+
+    def _family_args(self):
+        f = self.family
+        return (f["family"], f["K"], f["L"], f["bin_size"], f["range_pow"], f["seed"],
+                f["fn_indptr"], f["fn_idx"], f["fn_val"], f["ft_indptr"], f["ft_fn"], f["ft_val"])
+
+    def hash_rows(self, inputs, n_threads):
+        """Bucket ids ``(n, L)`` of an ActiveSet's rows (dense or CSR) or a dense array."""
+        if isinstance(inputs, np.ndarray):
+            inputs = ActiveSet.from_dense(np.ascontiguousarray(inputs, dtype=np.float32))
+        out = np.empty((inputs.n_samples, self.selector.l), dtype=np.int32)
+        f = self.family
+        if inputs.is_dense and f["P"] is not None and inputs.n_samples:
+            S = self._buffer("proj", (inputs.n_samples, f["P"].shape[1]), np.float32)
+            gemm(inputs.values, f["P"], S, n_threads=n_threads)
+            _lsh.simhash_from_projections(S, f["K"], f["L"], f["range_pow"], f["seed"], out,
+                                          n_threads)
+        elif inputs.is_dense:
+            _lsh.hash_dense(inputs.values, *self._family_args(), out, n_threads)
+        else:
+            _lsh.hash_csr(inputs.indptr, inputs.indices, inputs.values, inputs.n_neurons,
+                          *self._family_args(), out, n_threads)
+        return out
+
+    def build_tables(self, n_threads=None):
+        """Hash every neuron's weight vector and rebuild the L tables (parallel over tables)."""
+        n_threads = self.n_threads if n_threads is None else n_threads
+        sel = self.selector
+        buckets = np.empty((self.n_out, sel.l), dtype=np.int32)
+        for start in range(0, self.n_out, _HASH_CHUNK_ROWS):   # bounded projection buffer
+            stop = min(start + _HASH_CHUNK_ROWS, self.n_out)
+            buckets[start:stop] = self.hash_rows(self.Wt[start:stop], n_threads)
+        self.neuron_buckets = buckets
+        offsets = np.empty((sel.l, self.n_buckets + 1), dtype=np.int32)
+        ids = np.empty((sel.l, self.n_out), dtype=np.int32)
+        self.dropped = _lsh.build_tables(self.neuron_buckets, self.n_buckets, sel.capacity,
+                                         _BUCKET_POLICIES[sel.bucket_policy],
+                                         self.family["seed"], offsets, ids, n_threads)
+        self._tables = (offsets, ids)
+        self.n_rebuilds = getattr(self, "n_rebuilds", 0) + 1
+
+    @property
+    def tables(self):
+        """``(offsets, ids)``: ``ids[t, offsets[t, b]:offsets[t, b + 1]]`` are in bucket b of table t."""
+        if self._tables is None:
+            self.build_tables()
+        return self._tables
+
+    def changed_fraction(self, n_probe):
+        """Fraction of ``n_probe`` random neurons whose bucket changed in some table."""
+        rng = np.random.default_rng([self.seed, self.step, 0xC4A])
+        probe = rng.choice(self.n_out, min(n_probe, self.n_out), replace=False)
+        fresh = self.hash_rows(self.Wt[probe], self.n_threads)
+        return float(np.mean((fresh != self.neuron_buckets[probe]).any(axis=1)))
+
+    # ---------------------------------------------------------------- selection
+    def set_targets(self, target):
+        """Store the batch's true labels (output layer): int class indices or an indicator
+        (dense or CSR); used for label forcing in the next training forward pass."""
+        if sp.issparse(target):
+            Y = sp.csr_matrix(target)
+            self._targets = (Y.indptr.astype(np.int64), Y.indices.astype(np.int32))
+        else:
+            target = np.asarray(target)
+            if target.ndim == 1 and target.dtype.kind in "iu":
+                n = target.shape[0]
+                self._targets = (np.arange(n + 1, dtype=np.int64), target.astype(np.int32))
+            elif target.ndim == 2 and target.shape[1] == self.n_out and target.shape[1] > 1:
+                self._targets = self._indicator(target)
+            else:
+                raise ValueError(
+                    "LSH selection on the output layer needs multiclass or multilabel targets "
+                    f"(got targets of shape {target.shape}, dtype {target.dtype}); use "
+                    "selection='dense' for binary classification and regression."
+                )
+
+    @staticmethod
+    def _indicator(Y):
+        Y = sp.csr_matrix(Y != 0)
+        return Y.indptr.astype(np.int64), Y.indices.astype(np.int32)
+
+    def query(self, inputs, n_threads, labels=False, min_active=0, budget=None, step=None):
+        """Active set (ActiveSet pattern: ``indptr``, ``indices``) of every input row.
+
+        ``labels``: put the stored batch targets first (``n_forced`` records how many).
+        """
+        sel = self.selector
+        budget = sel.budget if budget is None else budget
+        offsets, ids = self.tables
+        qb = self.hash_rows(inputs, n_threads)
+        n = qb.shape[0]
+        if labels and self._targets is not None:
+            l_indptr, l_idx = self._targets
+            if l_indptr.shape[0] != n + 1:
+                raise ValueError(f"targets have {l_indptr.shape[0] - 1} rows, inputs {n}.")
+            max_labels = int(np.diff(l_indptr).max()) if n else 0
+        else:
+            l_indptr = np.empty(0, dtype=np.int64)
+            l_idx = np.empty(0, dtype=np.int32)
+            max_labels = 0
+        budget = min(budget, self.n_out)
+        min_active = min(min_active, self.n_out)
+        cap = max(1, max_labels + max(budget, min_active))
+        counts = np.empty(n, dtype=np.int32)
+        n_forced = np.empty(n, dtype=np.int32)
+        padded = np.empty((n, cap), dtype=np.int32)
+        _lsh.query(qb, offsets, ids, _POLICIES[sel.policy], budget, sel.threshold, l_indptr,
+                   l_idx, min_active, self.n_out, sel.capacity, self.family["seed"],
+                   self.step if step is None else step, counts, n_forced, padded, n_threads)
+        indptr = np.empty(n + 1, dtype=np.int64)
+        indices = np.empty(int(counts.sum()), dtype=np.int32)
+        _lsh.compact(counts, padded, indptr, indices, n_threads)
+        self.n_forced = n_forced
+        return ActiveSet(np.empty(0, dtype=np.float32), self.n_out, indptr=indptr, indices=indices)
+
+    # ---------------------------------------------------------------- forward / backward
+    def forward(self, inputs, n_threads, training=False):
+        """Output for an input ActiveSet: sparse over the selected neurons during training
+        (a dense ActiveSet of every neuron when the selector returns None)."""
+        self.n_threads = n_threads
+        active = self.selector.select(self, inputs, training)
+        n = inputs.n_samples
+        if active is None:
+            out = np.empty((n, self.n_out), dtype=np.float32)
+            if inputs.is_dense:
+                gemm(inputs.values, self.Wt, out, trans_b=True, n_threads=n_threads)
+            else:
+                X = sp.csr_matrix((inputs.values, inputs.indices, inputs.indptr),
+                                  shape=(n, inputs.n_neurons))
+                out[...] = X @ self.coef
+            out += self.intercept
+            if self._act_code:
+                values = _active_apply(out, self.activation)
+                out = values
+            self._inputs = inputs if training else None
+            self._active = None
+            return ActiveSet.from_dense(out)
+        out = self.forward_active(inputs, active, n_threads)
+        if training:
+            self._inputs = inputs
+            self.step += 1
+            self.last_batch_size = n
+        self._active = active
+        return out
+
+    def forward_active(self, inputs, active, n_threads):
+        """Outputs of the neurons of a given active set (no training state kept)."""
+        values = np.empty(active.indices.shape[0], dtype=np.float32)
+        if inputs.is_dense:
+            _active.active_forward_dense(inputs.values, self.Wt, self.intercept, active.indptr,
+                                         active.indices, values, self._act_code, n_threads)
+        else:
+            _active.active_forward_csr(inputs.indptr, inputs.indices, inputs.values, self.Wt,
+                                       self.intercept, active.indptr, active.indices, values,
+                                       self._act_code, n_threads)
+        return ActiveSet(values, self.n_out, indptr=active.indptr, indices=active.indices)
+
+    def activation_backward(self, outputs, grad, n_threads):
+        """Gather dLoss/d(outputs) (dense, from the next layer) at the active entries and apply
+        the activation's derivative; kept for :meth:`backward` (``grad`` is not modified)."""
+        if outputs.is_dense:
+            from fastfire._core._dense import act_backward
+
+            act_backward(outputs.values, grad, self._act_code, n_threads)
+            self._delta = None
+            return
+        self._delta = np.empty(outputs.values.shape[0], dtype=np.float32)
+        _active.active_act_backward(grad, outputs.indptr, outputs.indices, outputs.values,
+                                    self._delta, self._act_code, n_threads)
+
+    def backward(self, delta, n_threads, need_input_grad=True):
+        """Row-sparse gradients of the mean loss (``coef_grad``/``intercept_grad`` become
+        :class:`RowGrad`) and, when asked, dLoss/d(inputs) as a dense ``(n, n_in)`` array.
+
+        ``delta`` is the flat per-entry gradient of the active set (from a sparse loss), or the
+        dense array the network passes after :meth:`activation_backward` (then the gathered
+        delta kept by that call is used).
+        """
+        active, inputs = self._active, self._inputs
+        if active is None:
+            raise RuntimeError("LSHLayer.backward needs a training forward pass with an active set.")
+        if delta.ndim == 2:
+            delta = self._delta
+        n = inputs.n_samples
+        nnz = active.indices.shape[0]
+        m = min(nnz, self.n_out)
+        rows = self._buffer("rows", (m,), np.int32)
+        slot = self._buffer("slot", (nnz,), np.int32)
+        t_indptr = self._buffer("t_indptr", (m + 1,), np.int64)
+        t_entries = self._buffer("t_entries", (nnz,), np.int64)
+        entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
+        nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
+                                  t_indptr, t_entries, entry_sample)
+        grad = self._buffer("grad", (nt, self.n_in), np.float32)
+        bias_grad = self._buffer("bias_grad", (nt,), np.float32)
+        hogwild = not self.selector.deterministic
+        if hogwild and inputs.is_dense:
+            # SLIDE's fused pass: input gradient and weight-gradient rows together
+            input_grad = self._buffer("input_grad", (n if need_input_grad else 0, self.n_in),
+                                      np.float32)
+            _active.backward_hogwild_dense(inputs.values, delta, active.indptr, active.indices,
+                                           slot, self.Wt, grad, bias_grad, input_grad, 1.0 / n,
+                                           n_threads)
+            rows = rows[:nt]
+            self.coef_grad = RowGrad(rows, grad, "T")
+            self.intercept_grad = RowGrad(rows, bias_grad.reshape(-1, 1), "col")
+            return input_grad if need_input_grad else None
+        if inputs.is_dense:
+            _active.grad_rows_dense(inputs.values, delta, active.indptr, slot, t_indptr,
+                                    t_entries, entry_sample, grad, bias_grad, 1.0 / n,
+                                    hogwild, n_threads)
+        else:
+            _active.grad_rows_csr(inputs.indptr, inputs.indices, inputs.values, delta,
+                                  active.indptr, slot, t_indptr, t_entries, entry_sample, grad,
+                                  bias_grad, 1.0 / n, hogwild, n_threads)
+        rows = rows[:nt]
+        self.coef_grad = RowGrad(rows, grad, "T")
+        self.intercept_grad = RowGrad(rows, bias_grad.reshape(-1, 1), "col")
+        if not need_input_grad:
+            return None
+        input_grad = self._buffer("input_grad", (n, self.n_in), np.float32)
+        _active.active_input_grad(delta, active.indptr, active.indices, self.Wt, input_grad,
+                                  n_threads)
+        return input_grad
+
+    def release_buffers(self):
+        """Drop saved inputs and the tables (rebuilt on first use)."""
+        self._inputs = None
+        self._active = None
+        self._delta = None
+        self._tables = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("Wt", "_inputs", "_active", "_delta", "_tables", "neuron_buckets", "_buffers",
+                    "coef_grad", "intercept_grad", "_mark", "n_forced", "_targets"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.Wt = self.coef.T
+        self.coef_grad = self.intercept_grad = None
+        self._targets = None
+        self._reset_buffers()
+
+
+def _active_apply(out, activation):
+    """Hidden-layer activation on a dense output (exact path)."""
+    if activation == "relu":
+        np.maximum(out, 0, out=out)
+    elif activation == "logistic":
+        out[...] = 1.0 / (1.0 + np.exp(-out))
+    elif activation == "tanh":
+        np.tanh(out, out=out)
+    return out
+
+
+@register_selector
+class SparseInput(Selector):
+    """Every neuron computed (exact), with row-sparse weight updates for sparse input batches.
+
+    For the first layer of an extreme-classification network (bag-of-words CSR input): the
+    weights keep scikit-learn's ``(n_in, n_out)`` C-ordered layout, so the row of an input
+    feature is contiguous and the forward pass touches only the rows of the batch's non-zero
+    features; the backward pass computes the gradient of those rows only, and the optimizer
+    updates them lazily (per-row Adam counters). With a dense input batch it is the dense
+    layer. Training differs from ``"dense"`` only by the laziness of the optimizer (rows of
+    absent features, and their Adam moments, are left alone).
+
+    Examples
+    --------
+    >>> from fastfire import MLPClassifier
+    >>> from fastfire.nn.lsh import LSH, SparseInput
+    >>> clf = MLPClassifier((128,), selection=[SparseInput(), LSH()])
+    """
+
+    name = "sparse_input"
+
+    def make_layer(self, coef, intercept, activation):
+        """Build a :class:`SparseInputLayer`."""
+        return SparseInputLayer(coef, intercept, activation, self)
+
+
+class SparseInputLayer(DenseLayer):
+    """A :class:`~fastfire.nn.layers.DenseLayer` whose backward pass, for a CSR input batch,
+    returns the weight gradient of the batch's features only (a :class:`RowGrad` over the rows
+    of ``coef``)."""
+
+    def backward(self, delta, n_threads, need_input_grad=True):
+        inputs = self._inputs
+        if inputs.is_dense or need_input_grad:
+            self.coef_grad = self._dense_coef_grad
+            return DenseLayer.backward(self, delta, n_threads, need_input_grad)
+        from fastfire._core._dense import column_sums
+
+        n = delta.shape[0]
+        rows, compact = np.unique(inputs.indices, return_inverse=True)
+        Xt = sp.csr_matrix((inputs.values, compact.astype(np.int32), inputs.indptr),
+                           shape=(n, rows.size)).T.tocsr()
+        grad = np.asarray(Xt @ delta, dtype=np.float32)
+        grad *= np.float32(1.0 / n)
+        column_sums(delta, self.intercept_grad, 1.0 / n, n_threads)
+        self.coef_grad = RowGrad(rows.astype(np.int32), np.ascontiguousarray(grad), "rows")
+        return None
+
+    @property
+    def _dense_coef_grad(self):
+        grad = self.__dict__.get("_dense_grad")
+        if grad is None:
+            grad = self.__dict__["_dense_grad"] = np.zeros_like(self.coef)
+        return grad
+
+    def __init__(self, coef, intercept, activation, selector):
+        super().__init__(coef, intercept, activation, selector)
+        self.coef_grad = None   # the dense (n_in, n_out) gradient is allocated only if needed
+
+    def __getstate__(self):
+        state = DenseLayer.__getstate__(self)
+        state.pop("_dense_grad", None)
+        state["coef_grad"] = None
+        return state

@@ -1,0 +1,245 @@
+"""fastfire._core._active against plain NumPy computations restricted to the active sets."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fastfire._core import _active
+
+THREADS = (1, 2, 3)
+
+
+def _active_set(rng, n, m, max_active):
+    counts = rng.integers(0, max_active + 1, n)
+    counts[0] = max_active
+    idx = np.concatenate([np.sort(rng.choice(m, c, replace=False)) for c in counts]).astype(np.int32)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, idx
+
+
+def _mask(indptr, idx, n, m):
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    return rows, idx
+
+
+@pytest.fixture
+def problem():
+    rng = np.random.default_rng(0)
+    n, d, m = 13, 24, 50
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    Wt = rng.standard_normal((m, d)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    indptr, idx = _active_set(rng, n, m, 12)
+    return rng, X, Wt, b, indptr, idx
+
+
+def _ref_act(z, act):
+    return {0: z, 1: np.maximum(z, 0), 2: 1 / (1 + np.exp(-z)), 3: np.tanh(z)}[act]
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+def test_forward_dense_equals_dense_product_on_active_set(problem, n_threads, act):
+    rng, X, Wt, b, indptr, idx = problem
+    out = np.empty(idx.size, dtype=np.float32)
+    _active.active_forward_dense(X, Wt, b, indptr, idx, out, act, n_threads)
+    rows, cols = _mask(indptr, idx, X.shape[0], Wt.shape[0])
+    ref = _ref_act((X.astype(np.float64) @ Wt.T.astype(np.float64) + b)[rows, cols], act)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_forward_csr_equals_dense(problem, n_threads):
+    rng, X, Wt, b, indptr, idx = problem
+    X[rng.random(X.shape) < 0.7] = 0
+    Xs = sp.csr_matrix(X)
+    out = np.empty(idx.size, dtype=np.float32)
+    _active.active_forward_csr(Xs.indptr.astype(np.int64), Xs.indices.astype(np.int32),
+                               Xs.data.astype(np.float32), Wt, b, indptr, idx, out, 1, n_threads)
+    rows, cols = _mask(indptr, idx, X.shape[0], Wt.shape[0])
+    ref = np.maximum((X @ Wt.T + b)[rows, cols], 0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def _ref_softmax(z, indptr, n_lab):
+    delta = np.zeros_like(z, dtype=np.float64)
+    loss = 0.0
+    for i in range(len(indptr) - 1):
+        a, c = indptr[i], indptr[i + 1]
+        if n_lab[i] == 0 or c == a:
+            continue
+        p = np.exp(z[a:c] - z[a:c].max())
+        p /= p.sum()
+        t = np.zeros(c - a)
+        t[: n_lab[i]] = 1.0 / n_lab[i]
+        loss -= (t[: n_lab[i]] * np.log(p[: n_lab[i]])).sum()
+        delta[a:c] = p - t
+    return loss, delta
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_sparse_softmax_matches_numpy(problem, n_threads):
+    rng, X, Wt, b, indptr, idx = problem
+    z = rng.standard_normal(idx.size).astype(np.float32) * 3
+    counts = np.diff(indptr)
+    n_lab = np.minimum(counts, rng.integers(0, 4, counts.size)).astype(np.int32)
+    ref_loss, ref_delta = _ref_softmax(z.astype(np.float64), indptr, n_lab)
+    vals = z.copy()
+    loss = _active.sparse_softmax_xent(indptr, n_lab, vals, n_threads)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(vals, ref_delta, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_sparse_logistic_matches_numpy(problem, n_threads):
+    rng, X, Wt, b, indptr, idx = problem
+    z = rng.standard_normal(idx.size).astype(np.float32) * 3
+    counts = np.diff(indptr)
+    n_lab = np.minimum(counts, rng.integers(0, 4, counts.size)).astype(np.int32)
+    y = np.concatenate([(np.arange(c) < l).astype(np.float64) for c, l in zip(counts, n_lab)])
+    zz = z.astype(np.float64)
+    ref_loss = (np.logaddexp(0, zz) - y * zz).sum()
+    vals = z.copy()
+    loss = _active.sparse_logistic_xent(indptr, n_lab, vals, n_threads)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(vals, 1 / (1 + np.exp(-zz)) - y, atol=1e-6)
+
+
+def _backward(X, Wt, indptr, idx, delta, hogwild, n_threads, csr=False):
+    m = Wt.shape[0]
+    nnz = idx.size
+    k = min(nnz, m)
+    mark = np.full(m, -1, dtype=np.int32)
+    rows = np.empty(k, dtype=np.int32)
+    slot = np.empty(nnz, dtype=np.int32)
+    t_indptr = np.empty(k + 1, dtype=np.int64)
+    t_entries = np.empty(nnz, dtype=np.int64)
+    es = np.empty(nnz, dtype=np.int32)
+    nt = _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
+    assert (mark == -1).all()
+    grad = np.empty((nt, X.shape[1]), dtype=np.float32)
+    bgrad = np.empty(nt, dtype=np.float32)
+    scale = 1.0 / X.shape[0]
+    if csr:
+        Xs = sp.csr_matrix(X)
+        _active.grad_rows_csr(Xs.indptr.astype(np.int64), Xs.indices.astype(np.int32),
+                              Xs.data.astype(np.float32), delta, indptr, slot, t_indptr,
+                              t_entries, es, grad, bgrad, scale, hogwild, n_threads)
+    else:
+        _active.grad_rows_dense(X, delta, indptr, slot, t_indptr, t_entries, es, grad, bgrad,
+                                scale, hogwild, n_threads)
+    return rows[:nt], grad, bgrad
+
+
+def _ref_backward(X, Wt, indptr, idx, delta):
+    n, m = X.shape[0], Wt.shape[0]
+    rows, cols = _mask(indptr, idx, n, m)
+    D = np.zeros((n, m))
+    D[rows, cols] = delta
+    return D.T @ X / n, D.sum(axis=0) / n, D @ Wt
+
+
+@pytest.mark.parametrize("csr", [False, True])
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_backward_equals_dense_gradient_restricted_to_active_rows(problem, n_threads, csr):
+    rng, X, Wt, b, indptr, idx = problem
+    if csr:
+        X[rng.random(X.shape) < 0.6] = 0
+    delta = rng.standard_normal(idx.size).astype(np.float32)
+    ref_gW, ref_gb, ref_gx = _ref_backward(X, Wt, indptr, idx, delta)
+    rows, grad, bgrad = _backward(X, Wt, indptr, idx, delta, False, n_threads, csr)
+    assert len(set(rows.tolist())) == rows.size
+    assert set(rows.tolist()) == set(idx.tolist())
+    np.testing.assert_allclose(grad, ref_gW[rows], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bgrad, ref_gb[rows], rtol=1e-5, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(Wt.shape[0]), rows)
+    assert np.abs(ref_gW[untouched]).max(initial=0) == 0
+    gx = np.empty_like(X)
+    _active.active_input_grad(delta, indptr, idx, Wt, gx, n_threads)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("csr", [False, True])
+def test_deterministic_mode_same_bits_for_every_thread_count(problem, csr):
+    rng, X, Wt, b, indptr, idx = problem
+    # many samples sharing few rows: long sums where the order matters
+    n, m = 400, 7
+    X = rng.standard_normal((n, 16)).astype(np.float32)
+    indptr, idx = _active_set(rng, n, m, 5)
+    delta = rng.standard_normal(idx.size).astype(np.float32)
+    Wt = rng.standard_normal((m, 16)).astype(np.float32)
+    ref = _backward(X, Wt, indptr, idx, delta, False, 1, csr)
+    for t in (2, 3):
+        got = _backward(X, Wt, indptr, idx, delta, False, t, csr)
+        for a, c in zip(ref, got):
+            np.testing.assert_array_equal(a, c)
+    # HOGWILD on one thread adds in the same order: identical bits
+    hog = _backward(X, Wt, indptr, idx, delta, True, 1, csr)
+    for a, c in zip(ref, hog):
+        np.testing.assert_array_equal(a, c)
+    # HOGWILD on several threads races by design: only close (sums may be reordered or lost)
+    _backward(X, Wt, indptr, idx, delta, True, 2, csr)
+
+
+def test_act_backward_gathers_and_applies_derivative(problem):
+    rng, X, Wt, b, indptr, idx = problem
+    n, m = X.shape[0], Wt.shape[0]
+    grad = rng.standard_normal((n, m)).astype(np.float32)
+    vals = np.maximum(rng.standard_normal(idx.size), 0).astype(np.float32)
+    delta = np.empty_like(vals)
+    _active.active_act_backward(grad, indptr, idx, vals, delta, 1, 2)
+    rows, cols = _mask(indptr, idx, n, m)
+    np.testing.assert_array_equal(delta, grad[rows, cols] * (vals > 0))
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_dense_topk_matches_stable_argsort(k):
+    rng = np.random.default_rng(1)
+    S = rng.integers(0, 20, (30, 50)).astype(np.float32)  # many ties
+    idx = np.empty((30, k), dtype=np.int32)
+    val = np.empty((30, k), dtype=np.float32)
+    _active.dense_scores_topk(S, k, idx, val, 2)
+    ref = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_array_equal(val, np.take_along_axis(S, ref, 1))
+
+
+def test_errors_on_shape_mismatch(problem):
+    rng, X, Wt, b, indptr, idx = problem
+    with pytest.raises(ValueError, match="idx"):
+        _active.active_forward_dense(X, Wt, b, indptr, idx[:-1], np.empty(idx.size - 1, np.float32))
+    with pytest.raises(ValueError, match="inputs"):
+        _active.active_forward_dense(X[:, :5].copy(), Wt, b, indptr, idx, np.empty(idx.size, np.float32))
+    with pytest.raises(ValueError, match="n_threads"):
+        _active.active_forward_dense(X, Wt, b, indptr, idx, np.empty(idx.size, np.float32), 0, 0)
+    with pytest.raises(ValueError, match="k must"):
+        _active.dense_scores_topk(X, 0, np.empty((13, 0), np.int32), np.empty((13, 0), np.float32))
+
+
+@pytest.mark.parametrize("want_input_grad", [True, False])
+def test_fused_hogwild_backward_one_thread_equals_separate_kernels(problem, want_input_grad):
+    rng, X, Wt, b, indptr, idx = problem
+    delta = rng.standard_normal(idx.size).astype(np.float32)
+    rows, grad, bgrad = _backward(X, Wt, indptr, idx, delta, True, 1)
+    m, nnz = Wt.shape[0], idx.size
+    mark = np.full(m, -1, np.int32)
+    slot = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, mark, np.empty(min(nnz, m), np.int32), slot,
+                              np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64),
+                              np.empty(nnz, np.int32))
+    g2 = np.empty((nt, X.shape[1]), np.float32)
+    b2 = np.empty(nt, np.float32)
+    gx = np.empty((X.shape[0] if want_input_grad else 0, X.shape[1]), np.float32)
+    _active.backward_hogwild_dense(X, delta, indptr, idx, slot, Wt, g2, b2, gx,
+                                   np.float32(1.0 / X.shape[0]), 1)
+    np.testing.assert_array_equal(g2, grad)
+    np.testing.assert_array_equal(b2, bgrad)
+    if want_input_grad:
+        ref = np.empty_like(X)
+        _active.active_input_grad(delta, indptr, idx, Wt, ref, 1)
+        np.testing.assert_array_equal(gx, ref)
+    # two threads race by design (additions may be lost): no equality is promised, only a run
+    _active.backward_hogwild_dense(X, delta, indptr, idx, slot, Wt, g2, b2, gx,
+                                   np.float32(1.0 / X.shape[0]), 2)
+    assert np.isfinite(g2).all()
