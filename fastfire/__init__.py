@@ -9,6 +9,7 @@ from fastfire._version import __version__
 from fastfire.estimators import MLPClassifier, MLPRegressor
 from fastfire.estimators.shifted_relu import ShiftedReLUClassifier, ShiftedReLURegressor
 from fastfire.nn.corrtree import CorrelationTree
+from fastfire.nn.lsh import LSH, SparseInput
 from fastfire.nn.selectors import Dense, Selector
 from fastfire.nn.threshold import Threshold
 from fastfire.persistence import load, save
@@ -17,11 +18,13 @@ __all__ = [
     "__version__",
     "CorrelationTree",
     "Dense",
+    "LSH",
     "MLPClassifier",
     "MLPRegressor",
     "Selector",
     "ShiftedReLUClassifier",
     "ShiftedReLURegressor",
+    "SparseInput",
     "Threshold",
     "effective_n_threads",
     "get_config",
