@@ -1,0 +1,168 @@
+"""Column-row sampled MLP training vs the exact path (Adelman et al. NeurIPS 2021, MNIST setting).
+
+784-500-500-10 ReLU MLP, batch 50, Adam, on Fashion-MNIST (``$FASTFIRE_DATA``). For each
+(scheme, ratio, mode, threads): test accuracy, the fraction of training multiply-adds done, and
+the median seconds per epoch (per-epoch times from ``verbose``), next to ``selection="dense"``.
+
+Example (one table row per configuration, JSON lines appended to ``--json``)::
+
+    flock /tmp/fastfire-bench.lock .venv/bin/python bench/bench_sampling.py \\
+        --epochs 3 --threads 2 --schemes dense,bernoulli --ratios 1.0,0.5 --json out.jsonl
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import statistics
+import time
+
+import numpy as np
+
+from fastfire import MLPClassifier
+from fastfire.datasets import load_fashion_mnist
+from fastfire.nn.sampling import ColumnRowSampling
+
+
+def run(scheme, ratio, mode, threads, epochs, X, y, Xt, yt, seed, dense_output=False):
+    if scheme == "dense":
+        selection = "dense"
+    else:
+        selection = ColumnRowSampling(scheme=scheme, ratio=ratio, mode=mode, random_state=seed)
+        if dense_output:
+            selection = [selection, selection, "dense"]
+    clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, solver="adam",
+                        max_iter=epochs, random_state=seed, n_jobs=threads,
+                        selection=selection, verbose=True, tol=0.0, n_iter_no_change=10**6)
+    buf = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(buf):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X, y)
+    total = time.perf_counter() - t0
+    epoch_times = [float(t) for t in re.findall(r"time = ([0-9.]+)s", buf.getvalue())]
+    layers = clf._network.layers
+    if scheme == "dense":
+        frac = 1.0
+    else:
+        # exact layers (a dense output layer) count their full training products
+        done = exact = 0
+        for i, l in enumerate(layers):
+            if hasattr(l, "macs_done"):
+                done += l.macs_done
+                exact += l.macs_exact
+            else:
+                macs = clf.t_ * l.n_in * l.n_out * (3 if i > 0 else 2)
+                done += macs
+                exact += macs
+        frac = done / exact
+    return {
+        "scheme": scheme, "ratio": ratio, "mode": mode if scheme != "dense" else "-",
+        "threads": threads, "epochs": epochs, "n_train": int(X.shape[0]),
+        "test_accuracy": float(clf.score(Xt, yt)), "mac_fraction": frac,
+        "epoch_seconds": epoch_times, "median_epoch_s": statistics.median(epoch_times),
+        "total_s": total, "final_loss": clf.loss_, "dense_output": bool(dense_output),
+    }
+
+
+def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed):
+    """Interleaved per-step timing: every round times ``steps`` training steps of each
+    configuration in turn (dense first), so slow drifts of a shared machine hit all alike.
+    Returns {config: [ms per step, one per round]}."""
+    from threadpoolctl import threadpool_limits
+
+    from fastfire.nn.active import ActiveSet
+
+    configs = [("dense", 1.0)] + [(s, r) for s in schemes if s != "dense" for r in ratios]
+    models = {}
+    for scheme, ratio in configs:
+        sel = "dense" if scheme == "dense" else ColumnRowSampling(scheme=scheme, ratio=ratio,
+                                                                   mode=mode, random_state=seed)
+        clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
+                            random_state=seed, n_jobs=threads, selection=sel)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X[:1000], y[:1000])
+        models[(scheme, ratio)] = clf
+    rng = np.random.RandomState(seed)
+    batches = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
+    batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in batches]
+    out = {c: [] for c in configs}
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(rounds):
+            for c in configs:
+                clf = models[c]
+                net, opt = clf._network, clf._optimizer
+                t0 = time.perf_counter()
+                for xb, yb in batches:
+                    net.train_step(ActiveSet.from_dense(xb), yb, clf.alpha, opt, threads)
+                out[c].append((time.perf_counter() - t0) / steps * 1e3)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--schemes", default="dense,bernoulli,crs,topk,topk_estimated,uniform")
+    p.add_argument("--ratios", default="1.0,0.9,0.5,0.3")
+    p.add_argument("--mode", default="forward")
+    p.add_argument("--n-train", type=int, default=60000, help="first N training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="append one JSON line per configuration")
+    p.add_argument("--dense-output", action="store_true",
+                   help="sample the two hidden layers only; the output layer stays exact")
+    p.add_argument("--step-timing", action="store_true",
+                   help="interleaved per-step timing instead of training runs")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=40)
+    args = p.parse_args(argv)
+
+    X, y = load_fashion_mnist("train")
+    Xt, yt = load_fashion_mnist("test")
+    X, y = X[: args.n_train], y[: args.n_train]
+    # warm-up: creates the OpenMP thread pool and touches the kernels
+    MLPClassifier((32,), max_iter=1, batch_size=50).fit(X[:500], y[:500])
+
+    if args.step_timing:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            res = step_timing(args.schemes.split(","), [float(r) for r in args.ratios.split(",")],
+                              args.mode, threads, X, y, args.rounds, args.steps, args.seed)
+            base = res[("dense", 1.0)]
+            for (scheme, ratio), ms in res.items():
+                speed = [b / m for b, m in zip(base, ms)]
+                row = {"kind": "step_timing", "scheme": scheme, "ratio": ratio, "mode": args.mode,
+                       "threads": threads, "ms_per_step": ms, "median_ms": statistics.median(ms),
+                       "speedup_vs_dense": speed, "median_speedup": statistics.median(speed)}
+                print(f"{scheme:>15} ratio={ratio:<4} mode={args.mode:<22} threads={threads} "
+                      f"{row['median_ms']:.2f} ms/step (min {min(ms):.2f}, max {max(ms):.2f}) "
+                      f"speedup {row['median_speedup']:.2f}x (min {min(speed):.2f}, max {max(speed):.2f})",
+                      flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+        return
+
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for scheme in args.schemes.split(","):
+            ratios = [1.0] if scheme == "dense" else [float(r) for r in args.ratios.split(",")]
+            for ratio in ratios:
+                row = run(scheme, ratio, args.mode, threads, args.epochs, X, y, Xt, yt, args.seed,
+                          args.dense_output)
+                print(f"{row['scheme']:>15} ratio={ratio:<4} mode={row['mode']:<22} "
+                      f"{'dense-out ' if args.dense_output else ''}"
+                      f"threads={threads} acc={row['test_accuracy']:.4f} "
+                      f"macs={row['mac_fraction']:.3f} epoch={row['median_epoch_s']:.2f}s "
+                      f"(min {min(row['epoch_seconds']):.2f}, max {max(row['epoch_seconds']):.2f})",
+                      flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

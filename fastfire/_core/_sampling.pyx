@@ -1,0 +1,509 @@
+"""Column-row sampled matrix products (Adelman, Levy, Hakimi, Silberstein, NeurIPS 2021).
+
+A product ``C = op(A) @ op(B)`` with inner dimension ``n`` is the sum of ``n`` outer products
+``op(A)[:, i] ⊗ op(B)[i, :]``. The kernels here keep ``k`` of them, chosen by the scores
+``s_i = ‖op(A)[:, i]‖ · ‖op(B)[i, :]‖``, gather the kept columns of ``op(A)`` (scaled) and rows of
+``op(B)`` into contiguous buffers and multiply those with BLAS: the work is ``m·p·k`` instead of
+``m·p·n`` multiply-adds, and no dense masked product is ever formed.
+
+Schemes (``SCHEMES``):
+
+- ``"crs"``: ``k`` draws with replacement, ``P(i) = (1-ε)·s_i/Σs + ε/n``; draw ``i`` scaled by
+  ``1/(k·P(i))`` (repeated draws are merged, their scales added). Unbiased.
+- ``"bernoulli"``: each ``i`` kept independently with ``p_i = (1-ε)·min(1, k·s_i/Σs) + ε·k/n``,
+  scaled by ``1/p_i``. Unbiased; keeps at most about ``k`` pairs on average.
+- ``"topk"``: the ``k`` largest scores, unscaled (biased, deterministic; ties by lower index).
+- ``"topk_estimated"``: as ``"topk"``, with the norms computed on a random contiguous block of
+  ``⌈fraction·m⌉`` rows of ``op(A)`` and ``⌈fraction·p⌉`` columns of ``op(B)``.
+- ``"uniform"``: ``k`` pairs uniformly without replacement, scaled by ``n/k``. Unbiased.
+
+The product is exact (a plain GEMM) when ``k >= n`` or every score is zero.
+
+Randomness comes from a counter-based generator (``splitmix64`` of ``(seed, counter, j)``): the
+``j``-th random number of call ``counter`` does not depend on which thread draws it, so results
+are the same for every thread count. Scores and draws are computed in parallel; prefix sums and
+the compaction of the kept ids are serial (``O(n)``, negligible next to the product).
+"""
+
+from cython.parallel cimport parallel, prange
+from libc.math cimport ceil, sqrt
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+
+from fastfire._core._blas cimport sdot_, sgemm_rm
+from fastfire._core._types cimport index_t, uint64_t
+
+SCHEMES = {"crs": 0, "bernoulli": 1, "topk": 2, "topk_estimated": 3, "uniform": 4}
+
+cdef enum:
+    _CRS = 0
+    _BERNOULLI = 1
+    _TOPK = 2
+    _TOPK_EST = 3
+    _UNIFORM = 4
+
+cdef int _ALIGN = 16
+
+
+# --------------------------------------------------------------------------------------------
+# counter-based random numbers
+# --------------------------------------------------------------------------------------------
+
+cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
+    """splitmix64's finaliser: a bijective avalanche of 64 bits."""
+    z = (z ^ (z >> 30)) * <uint64_t> 0xbf58476d1ce4e5b9
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94d049bb133111eb
+    return z ^ (z >> 31)
+
+
+cdef inline double _uniform(uint64_t seed, uint64_t counter, uint64_t j) noexcept nogil:
+    """The ``j``-th uniform number in [0, 1) of stream (seed, counter)."""
+    cdef uint64_t z = _mix(seed + <uint64_t> 0x9e3779b97f4a7c15 * (2 * counter + 1))
+    z = _mix(z ^ (j * <uint64_t> 0xd1b54a32d192ed03 + <uint64_t> 0x8cb92ba72f3d8dd7))
+    return <double> (z >> 11) * (1.0 / 9007199254740992.0)
+
+
+def uniform_numbers(uint64_t seed, uint64_t counter, Py_ssize_t n):
+    """The first ``n`` numbers of stream ``(seed, counter)`` (for tests and reproducibility)."""
+    import numpy as np
+    out = np.empty(n, dtype=np.float64)
+    cdef double[::1] o = out
+    cdef Py_ssize_t j
+    for j in range(n):
+        o[j] = _uniform(seed, counter, j)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# norms, gathers, scatters, GEMM
+# --------------------------------------------------------------------------------------------
+
+cdef void _row_sq_norms(const float* X, Py_ssize_t n_rows, Py_ssize_t ld, Py_ssize_t c0,
+                        Py_ssize_t c1, double* out, int n_threads) noexcept nogil:
+    """out[r] = Σ_{c0 <= c < c1} X[r, c]²  (parallel over rows; BLAS sdot, float accumulation:
+    the scores only steer the sampling, the scales stay consistent with the probabilities)."""
+    cdef Py_ssize_t r
+    cdef const float* row
+    for r in prange(n_rows, schedule="static", num_threads=n_threads):
+        row = X + r * ld + c0
+        out[r] = sdot_(<int> (c1 - c0), row, row) if c1 > c0 else 0.0
+
+
+cdef void _col_sq_norms(const float* X, Py_ssize_t n_cols, Py_ssize_t ld, Py_ssize_t r0,
+                        Py_ssize_t r1, double* out, int n_threads) noexcept nogil:
+    """out[c] = Σ_{r0 <= r < r1} X[r, c]²  (parallel over blocks of columns, row-wise sweeps)."""
+    cdef Py_ssize_t n_blocks = min(<Py_ssize_t> max(n_threads, 1), (n_cols + _ALIGN - 1) // _ALIGN)
+    cdef Py_ssize_t block, b, start, stop, r, c
+    cdef const float* row
+    cdef double x
+    if n_cols == 0:
+        return
+    if n_blocks < 1:
+        n_blocks = 1
+    block = (n_cols + n_blocks - 1) // n_blocks
+    for b in prange(n_blocks, schedule="static", chunksize=1, num_threads=n_blocks):
+        start = b * block
+        stop = min(start + block, n_cols)
+        for c in range(start, stop):
+            out[c] = 0.0
+        for r in range(r0, r1):
+            row = X + r * ld
+            for c in range(start, stop):
+                x = row[c]
+                out[c] = out[c] + x * x
+
+
+cdef void _gather_rows(const float* X, Py_ssize_t ld, Py_ssize_t width, const index_t* idx,
+                       const float* scale, Py_ssize_t k, float* out, int n_threads) noexcept nogil:
+    """out[j, :] = scale[j] * X[idx[j], :width]  (out is k x width; scale may be NULL)."""
+    cdef Py_ssize_t j, c
+    cdef const float* src
+    cdef float* dst
+    cdef float s
+    for j in prange(k, schedule="static", num_threads=n_threads):
+        src = X + idx[j] * ld
+        dst = out + j * width
+        if scale == NULL:
+            memcpy(dst, src, width * sizeof(float))
+        else:
+            s = scale[j]
+            for c in range(width):
+                dst[c] = s * src[c]
+
+
+cdef void _gather_cols(const float* X, Py_ssize_t ld, Py_ssize_t n_rows, const index_t* idx,
+                       const float* scale, Py_ssize_t k, float* out, int n_threads) noexcept nogil:
+    """out[r, j] = scale[j] * X[r, idx[j]]  (out is n_rows x k; scale may be NULL)."""
+    cdef Py_ssize_t r, j
+    cdef const float* src
+    cdef float* dst
+    for r in prange(n_rows, schedule="static", num_threads=n_threads):
+        src = X + r * ld
+        dst = out + r * k
+        if scale == NULL:
+            for j in range(k):
+                dst[j] = src[idx[j]]
+        else:
+            for j in range(k):
+                dst[j] = scale[j] * src[idx[j]]
+
+
+cdef void _gemm_par(bint trans_a, bint trans_b, int m, int n, int k, float alpha,
+                    const float* A, int lda, const float* B, int ldb,
+                    float* C, int n_threads) noexcept nogil:
+    """Row-major C (m x n, contiguous) = alpha op(A) op(B), split into blocks of C over threads."""
+    cdef bint split_rows = m >= n
+    cdef int dim = m if split_rows else n
+    cdef int n_blocks, block, b, start, stop
+    cdef Py_ssize_t i
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        memset(C, 0, <size_t> m * n * sizeof(float))
+        return
+    n_blocks = min(n_threads, (dim + _ALIGN - 1) // _ALIGN)
+    if n_blocks <= 1:
+        sgemm_rm(trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, 0.0, C, n)
+        return
+    block = (dim + n_blocks - 1) // n_blocks
+    block = ((block + _ALIGN - 1) // _ALIGN) * _ALIGN
+    for b in prange(n_blocks, schedule="static", chunksize=1, num_threads=n_blocks):
+        start = b * block
+        stop = min(start + block, dim)
+        if start >= stop:
+            continue
+        if split_rows:
+            sgemm_rm(trans_a, trans_b, stop - start, n, k, alpha,
+                     A + (start if trans_a else start * lda), lda, B, ldb, 0.0, C + start * n, n)
+        else:
+            sgemm_rm(trans_a, trans_b, m, stop - start, k, alpha, A, lda,
+                     B + (start * ldb if trans_b else start), ldb, 0.0, C + start, n)
+
+
+# --------------------------------------------------------------------------------------------
+# selection helpers
+# --------------------------------------------------------------------------------------------
+
+cdef double _kth_largest(double* v, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The k-th largest value of v[0:n] (1 <= k <= n); v is reordered (quickselect)."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, target = k - 1, i, j
+    cdef double pivot, t
+    while lo < hi:
+        pivot = v[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while v[i] > pivot:
+                i += 1
+            while v[j] < pivot:
+                j -= 1
+            if i <= j:
+                t = v[i]
+                v[i] = v[j]
+                v[j] = t
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    return v[target]
+
+
+cdef Py_ssize_t _select(int scheme, const double* s, double total, Py_ssize_t n, Py_ssize_t k,
+                        double eps, uint64_t seed, uint64_t counter, index_t* idx, float* scale,
+                        double* work, int* count, int n_threads) noexcept nogil:
+    """Choose the kept ids (ascending in ``idx``) and their scales; returns how many."""
+    cdef Py_ssize_t i, j, lo, hi, mid, n_kept = 0, ties
+    cdef double p, acc, u, thr, tmp
+    if k <= 0:
+        return 0
+    if scheme == _CRS:
+        # work = cumulative distribution of the mixed probabilities
+        acc = 0.0
+        for i in range(n):
+            acc = acc + (1.0 - eps) * s[i] / total + eps / n
+            work[i] = acc
+        for j in prange(k, schedule="static", num_threads=n_threads):
+            u = _uniform(seed, counter, j) * acc
+            lo = 0
+            hi = n - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if work[mid] > u:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            idx[j] = <index_t> lo  # draws, compacted below
+        memset(count, 0, n * sizeof(int))
+        for j in range(k):
+            count[idx[j]] += 1
+        for i in range(n):
+            if count[i]:
+                p = (1.0 - eps) * s[i] / total + eps / n
+                idx[n_kept] = <index_t> i
+                scale[n_kept] = <float> (count[i] / (k * p))
+                n_kept += 1
+        return n_kept
+    if scheme == _BERNOULLI:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            p = k * s[i] / total
+            if p > 1.0:
+                p = 1.0
+            p = (1.0 - eps) * p + eps * k / n
+            work[i] = p
+            count[i] = _uniform(seed, counter, i) < p
+        for i in range(n):
+            if count[i]:
+                idx[n_kept] = <index_t> i
+                scale[n_kept] = <float> (1.0 / work[i])
+                n_kept += 1
+        return n_kept
+    if scheme == _TOPK or scheme == _TOPK_EST:
+        memcpy(work, s, n * sizeof(double))
+        thr = _kth_largest(work, n, k)
+        ties = 0
+        for i in range(n):
+            if s[i] > thr:
+                ties += 1
+        ties = k - ties  # entries equal to the threshold that are kept, lowest ids first
+        for i in range(n):
+            if s[i] > thr:
+                idx[n_kept] = <index_t> i
+                scale[n_kept] = 1.0
+                n_kept += 1
+            elif s[i] == thr and ties > 0:
+                ties -= 1
+                idx[n_kept] = <index_t> i
+                scale[n_kept] = 1.0
+                n_kept += 1
+        return n_kept
+    # uniform without replacement: partial Fisher-Yates over a permutation
+    for i in range(n):
+        count[i] = <int> i
+    for j in range(k):
+        i = j + <Py_ssize_t> (_uniform(seed, counter, j) * (n - j))
+        if i >= n:
+            i = n - 1
+        mid = count[j]
+        count[j] = count[i]
+        count[i] = <int> mid
+    for i in range(n):
+        work[i] = 0.0
+    for j in range(k):
+        work[count[j]] = 1.0
+    for i in range(n):
+        if work[i] != 0.0:
+            idx[n_kept] = <index_t> i
+            scale[n_kept] = <float> (<double> n / k)
+            n_kept += 1
+    return n_kept
+
+
+# --------------------------------------------------------------------------------------------
+# public kernels
+# --------------------------------------------------------------------------------------------
+
+def effective_k(Py_ssize_t n, double ratio, Py_ssize_t minimal_k):
+    """``k = min(max(⌊ratio·n⌋, minimal_k), n)``: how many of the ``n`` pairs a product keeps."""
+    cdef Py_ssize_t k = <Py_ssize_t> (ratio * n + 1e-9)
+    if k < minimal_k:
+        k = minimal_k
+    if k > n:
+        k = n
+    if k < 0:
+        k = 0
+    return k
+
+
+def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
+                   const float[:, ::1] B,    # IN (n, p), or (p, n) when trans_b
+                   float[:, ::1] C,          # OUT (m, p)
+                   bint trans_a, bint trans_b, int scheme, Py_ssize_t k,
+                   index_t[::1] idx,         # OUT (n,) kept ids, ascending, first n_kept valid
+                   float[::1] scale,         # OUT (n,) their scales
+                   float[::1] a_buf,         # OUT (>= m*n,) gathered scaled op(A) columns
+                   float[::1] b_buf,         # OUT (>= n*p,) gathered op(B) rows
+                   double eps=0.1, double fraction=0.25, uint64_t seed=0, uint64_t counter=0,
+                   float alpha=1.0, int n_threads=1):
+    """``C ≈ alpha · op(A) @ op(B)`` from ``k`` of the ``n`` column-row pairs.
+
+    Parameters
+    ----------
+    A, B : ndarray, float32, C-contiguous
+        Operands as stored; ``trans_a`` / ``trans_b`` as in BLAS. The inner dimension ``n`` is
+        the columns of ``op(A)`` and the rows of ``op(B)``.
+    C : ndarray of shape (m, p), float32
+        Output, overwritten.
+    trans_a, trans_b : bool
+        Use the transposes of the stored operands.
+    scheme : int
+        ``SCHEMES[name]``.
+    k : int
+        Target number of pairs (see :func:`effective_k`); ``k >= n`` computes the exact product.
+    idx, scale : ndarray of shape (>= n,)
+        Filled with the kept ids (ascending) and their scales (the scale multiplies the
+        gathered ``op(A)`` columns). Undefined when the product was exact.
+    a_buf, b_buf : ndarray of float32, at least ``m*n`` and ``n*p`` entries
+        Filled with the gathered operands: ``a_buf`` holds ``(m, n_kept)`` scaled columns of
+        ``op(A)`` (stored ``(n_kept, m)`` when ``trans_a``), ``b_buf`` holds ``(n_kept, p)``
+        unscaled rows of ``op(B)`` (stored ``(p, n_kept)`` when ``trans_b``). They let a layer
+        back-propagate through the sample without gathering again.
+    eps : float, default=0.1
+        Weight of the uniform distribution mixed into the sampling probabilities.
+    fraction : float, default=0.25
+        Share of rows/columns the ``"topk_estimated"`` scores are computed on.
+    seed, counter : int
+        The random stream: use a new ``counter`` for every product.
+    alpha : float, default=1.0
+        Scale of the product.
+    n_threads : int, default=1
+
+    Returns
+    -------
+    n_kept : int
+        Number of pairs used (``n`` for an exact product).
+    exact : bool
+        True when the exact product was computed (``k >= n`` or all scores zero).
+    """
+    cdef Py_ssize_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef Py_ssize_t n = A.shape[0] if trans_a else A.shape[1]
+    cdef Py_ssize_t bn = B.shape[1] if trans_b else B.shape[0]
+    cdef Py_ssize_t p = B.shape[0] if trans_b else B.shape[1]
+    if bn != n or C.shape[0] != m or C.shape[1] != p:
+        raise ValueError(
+            f"sampled_matmul: shapes do not agree: op(A) {(m, n)}, op(B) {(bn, p)}, "
+            f"C {(C.shape[0], C.shape[1])}."
+        )
+    if scheme < 0 or scheme > 4:
+        raise ValueError(f"sampled_matmul: unknown scheme code {scheme}.")
+    if idx.shape[0] < n or scale.shape[0] < n or a_buf.shape[0] < m * n or b_buf.shape[0] < n * p:
+        raise ValueError("sampled_matmul: idx/scale need n entries, a_buf m*n and b_buf n*p.")
+    if not (0.0 <= eps <= 1.0) or not (0.0 < fraction <= 1.0):
+        raise ValueError(f"sampled_matmul: eps={eps} must be in [0, 1], fraction={fraction} in (0, 1].")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
+    if k < 0:
+        raise ValueError(f"sampled_matmul: k must be >= 0, got {k}.")
+    if m == 0 or p == 0:
+        return 0, True
+    cdef const float* a_ptr = &A[0, 0] if n > 0 else NULL
+    cdef const float* b_ptr = &B[0, 0] if n > 0 else NULL
+    cdef float* c_ptr = &C[0, 0]
+    cdef int lda = <int> A.shape[1], ldb = <int> B.shape[1]
+    cdef bint exact = k >= n
+    cdef Py_ssize_t n_kept = n, i, r0a = 0, r1a = m, r0b = 0, r1b = p, blk
+    cdef double total = 0.0
+    cdef double* sa = NULL
+    cdef double* sb = NULL
+    cdef double* work = NULL
+    cdef int* count = NULL
+    cdef bint failed = False
+    if not exact:
+        sa = <double*> malloc(n * sizeof(double))
+        sb = <double*> malloc(n * sizeof(double))
+        work = <double*> malloc(n * sizeof(double))
+        count = <int*> malloc(n * sizeof(int))
+        if sa == NULL or sb == NULL or work == NULL or count == NULL:
+            free(sa); free(sb); free(work); free(count)
+            raise MemoryError("sampled_matmul: could not allocate scratch.")
+        if scheme == _TOPK_EST:
+            blk = <Py_ssize_t> ceil(fraction * m)
+            r0a = <Py_ssize_t> (_uniform(seed, counter, n + 1) * (m - blk + 1))
+            r1a = min(r0a + blk, m)
+            blk = <Py_ssize_t> ceil(fraction * p)
+            r0b = <Py_ssize_t> (_uniform(seed, counter, n + 2) * (p - blk + 1))
+            r1b = min(r0b + blk, p)
+    with nogil:
+        if not exact:
+            # squared norms of the columns of op(A) and rows of op(B)
+            if trans_a:
+                _row_sq_norms(a_ptr, n, lda, r0a, r1a, sa, n_threads)
+            else:
+                _col_sq_norms(a_ptr, n, lda, r0a, r1a, sa, n_threads)
+            if trans_b:
+                _col_sq_norms(b_ptr, n, ldb, r0b, r1b, sb, n_threads)
+            else:
+                _row_sq_norms(b_ptr, n, ldb, r0b, r1b, sb, n_threads)
+            for i in prange(n, schedule="static", num_threads=n_threads):
+                sa[i] = sqrt(sa[i] * sb[i])
+            for i in range(n):
+                total = total + sa[i]
+            if not (total > 0.0):  # all zero (or NaN): nothing to sample from
+                exact = True
+        if not exact:
+            n_kept = _select(scheme, sa, total, n, k, eps, seed, counter, &idx[0], &scale[0],
+                             work, count, n_threads)
+            if trans_a:
+                _gather_rows(a_ptr, lda, m, &idx[0], &scale[0], n_kept, &a_buf[0], n_threads)
+            else:
+                _gather_cols(a_ptr, lda, m, &idx[0], &scale[0], n_kept, &a_buf[0], n_threads)
+            if trans_b:
+                _gather_cols(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0], n_threads)
+            else:
+                _gather_rows(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0], n_threads)
+            _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n_kept, alpha,
+                      &a_buf[0], <int> (m if trans_a else n_kept),
+                      &b_buf[0], <int> (n_kept if trans_b else p), c_ptr, n_threads)
+        else:
+            n_kept = n
+            _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n, alpha, a_ptr, lda,
+                      b_ptr, ldb, c_ptr, n_threads)
+    free(sa); free(sb); free(work); free(count)
+    return n_kept, bool(exact)
+
+
+def scatter_rows(const float[:, ::1] src,   # IN (k, p)
+                 const index_t[::1] idx,    # IN (k,) distinct ids
+                 float[:, ::1] out,         # OUT (n, p)
+                 int n_threads=1):
+    """``out = 0; out[idx[j], :] = src[j, :]`` (the weight gradient of the sampled rows)."""
+    cdef Py_ssize_t k = src.shape[0], p = src.shape[1], n = out.shape[0], r, j
+    if idx.shape[0] < k or out.shape[1] != p:
+        raise ValueError("scatter_rows: shapes do not agree.")
+    cdef index_t* where
+    if n == 0 or p == 0:
+        return
+    where = <index_t*> malloc(n * sizeof(index_t))
+    if where == NULL:
+        raise MemoryError("scatter_rows: could not allocate scratch.")
+    with nogil:
+        for r in range(n):
+            where[r] = -1
+        for j in range(k):
+            if 0 <= idx[j] < n:
+                where[idx[j]] = <index_t> j
+        for r in prange(n, schedule="static", num_threads=n_threads):
+            if where[r] < 0:
+                memset(&out[r, 0], 0, p * sizeof(float))
+            else:
+                memcpy(&out[r, 0], &src[where[r], 0], p * sizeof(float))
+    free(where)
+
+
+def scatter_columns(const float[:, ::1] src,   # IN (m, k)
+                    const index_t[::1] idx,    # IN (k,) distinct ids in [0, n)
+                    const float[::1] scale,    # IN (k,)
+                    float[:, ::1] out,         # OUT (m, n)
+                    int n_threads=1):
+    """``out = 0; out[:, idx[j]] = scale[j] * src[:, j]`` (the input gradient of a sampled product)."""
+    cdef Py_ssize_t m = src.shape[0], k = src.shape[1], n = out.shape[1], r, j
+    if idx.shape[0] < k or scale.shape[0] < k or out.shape[0] != m:
+        raise ValueError("scatter_columns: shapes do not agree.")
+    for j in range(k):
+        if not 0 <= idx[j] < n:
+            raise ValueError(f"scatter_columns: id {idx[j]} out of range [0, {n}).")
+    cdef float* row
+    cdef const float* s_row
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        for r in prange(m, schedule="static", num_threads=n_threads):
+            row = &out[r, 0]
+            memset(row, 0, n * sizeof(float))
+            if k > 0:
+                s_row = &src[r, 0]
+                for j in range(k):
+                    row[idx[j]] = scale[j] * s_row[j]

@@ -1,0 +1,180 @@
+"""Convolution and pooling kernels against NumPy references (and finite differences)."""
+
+import numpy as np
+import pytest
+from fastfire._core._conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_size,
+    pool_backward,
+    pool_forward,
+)
+
+E1 = np.empty(0, np.float32)
+E2 = np.empty((0, 0), np.float32)
+
+
+def conv_reference(X, Wt, b, stride, pad):
+    """Direct convolution (cross-correlation, as PyTorch): X (N, C, H, W), Wt (F, C, KH, KW)."""
+    N, _C, H, W = X.shape
+    F, _, KH, KW = Wt.shape
+    Xp = np.pad(X.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho = (H + 2 * pad - KH) // stride + 1
+    Wo = (W + 2 * pad - KW) // stride + 1
+    out = np.zeros((N, F, Ho, Wo))
+    for i in range(KH):
+        for j in range(KW):
+            patch = Xp[:, :, i: i + stride * Ho: stride, j: j + stride * Wo: stride]  # N C Ho Wo
+            out += np.einsum("nchw,fc->nfhw", patch, Wt[:, :, i, j])
+    return out + b[None, :, None, None]
+
+
+def conv_grads_reference(X, Wt, dout, stride, pad):
+    """dW, db, dX of sum(dout * conv(X, Wt)) by the adjoint of conv_reference."""
+    _N, _C, H, W = X.shape
+    _F, _, KH, KW = Wt.shape
+    Xp = np.pad(X.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho, Wo = dout.shape[2:]
+    dW = np.zeros(Wt.shape)
+    dXp = np.zeros(Xp.shape)
+    for i in range(KH):
+        for j in range(KW):
+            sl = (slice(None), slice(None), slice(i, i + stride * Ho, stride), slice(j, j + stride * Wo, stride))
+            dW[:, :, i, j] = np.einsum("nchw,nfhw->fc", Xp[sl], dout)
+            dXp[sl] += np.einsum("nfhw,fc->nchw", dout, Wt[:, :, i, j])
+    dX = dXp[:, :, pad: pad + H, pad: pad + W]
+    return dW, dout.sum(axis=(0, 2, 3)), dX
+
+
+CASES = [  # C, H, W, F, KH, KW, stride, pad
+    (1, 6, 6, 2, 3, 3, 1, 0),
+    (3, 7, 5, 4, 3, 3, 1, 1),
+    (2, 9, 8, 3, 3, 2, 2, 1),
+    (4, 5, 5, 5, 1, 1, 1, 0),
+    (2, 8, 8, 3, 5, 5, 3, 2),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_conv_forward_and_backward_match_numpy(case, n_threads):
+    C, H, W, F, KH, KW, s, p = case
+    rng = np.random.default_rng(0)
+    N = 5
+    X = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    Wt = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    Ho, Wo = conv_output_size(H, KH, s, p), conv_output_size(W, KW, s, p)
+    out = np.full((N, F * Ho * Wo), np.nan, np.float32)
+    geo = {"C": C, "H": H, "W": W, "KH": KH, "KW": KW, "stride": s, "pad": p, "n_threads": n_threads}
+    conv2d_forward(X.reshape(N, -1), Wt.reshape(F, -1), b, out, **geo)
+    ref = conv_reference(X, Wt, b, s, p)
+    np.testing.assert_allclose(out.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+
+    dout = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    dW = np.full((F, C * KH * KW), np.nan, np.float32)
+    db = np.full(F, np.nan, np.float32)
+    dX = np.full((N, C * H * W), np.nan, np.float32)
+    conv2d_backward(X.reshape(N, -1), Wt.reshape(F, -1), dout.reshape(N, -1), dW, db, dX,
+                    scale=0.5, **geo)
+    rdW, rdb, rdX = conv_grads_reference(X, Wt, dout, s, p)
+    np.testing.assert_allclose(dW.reshape(rdW.shape), 0.5 * rdW, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, 0.5 * rdb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dX.reshape(rdX.shape), rdX, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_gradients_by_finite_differences():
+    rng = np.random.default_rng(1)
+    C, H, W, F, K, s, p, N = 2, 5, 4, 2, 3, 2, 1, 2
+    X = rng.standard_normal((N, C * H * W))
+    Wt = rng.standard_normal((F, C * K * K))
+    b = rng.standard_normal(F)
+    Ho, Wo = conv_output_size(H, K, s, p), conv_output_size(W, K, s, p)
+    R = rng.standard_normal((N, F * Ho * Wo))
+    geo = {"C": C, "H": H, "W": W, "KH": K, "KW": K, "stride": s, "pad": p}
+
+    def loss(X, Wt):
+        out = np.empty((N, F * Ho * Wo), np.float32)
+        conv2d_forward(X.astype(np.float32), Wt.astype(np.float32), b.astype(np.float32), out, **geo)
+        return float((out.astype(np.float64) * R).sum())
+
+    dW = np.empty((F, C * K * K), np.float32)
+    dX = np.empty((N, C * H * W), np.float32)
+    conv2d_backward(X.astype(np.float32), Wt.astype(np.float32), R.astype(np.float32), dW, E1, dX, **geo)
+    h = 1e-2  # the loss is linear in each argument: central differences are exact up to float32
+    for (arr, grad) in ((X, dX), (Wt, dW)):
+        for flat in rng.choice(arr.size, 8, replace=False):
+            i = np.unravel_index(flat, arr.shape)
+            plus, minus = arr.copy(), arr.copy()
+            plus[i] += h
+            minus[i] -= h
+            fd = (loss(plus, Wt) - loss(minus, Wt)) / (2 * h) if arr is X else \
+                (loss(X, plus) - loss(X, minus)) / (2 * h)
+            assert abs(fd - grad[i]) < 2e-2 * max(1.0, abs(fd)), (i, fd, grad[i])
+
+
+def test_conv_results_do_not_depend_on_threads_for_forward():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((7, 3 * 8 * 8)).astype(np.float32)
+    Wt = rng.standard_normal((4, 27)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    outs = []
+    for t in (1, 2):
+        out = np.empty((7, 4 * 64), np.float32)
+        conv2d_forward(X, Wt, b, out, C=3, H=8, W=8, KH=3, KW=3, stride=1, pad=1, n_threads=t)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])  # one sgemm per sample either way
+
+
+def pool_reference(X, ph, pw, kind):
+    N, C, H, W = X.shape
+    Ho, Wo = H // ph, W // pw
+    blocks = X[:, :, : Ho * ph, : Wo * pw].reshape(N, C, Ho, ph, Wo, pw)
+    return blocks.max(axis=(3, 5)) if kind == "max" else blocks.mean(axis=(3, 5))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("shape,window", [((2, 6, 6), (2, 2)), ((3, 7, 5), (2, 2)), ((1, 1, 9), (1, 3)),
+                                          ((2, 6, 6), (3, 2))])
+def test_pooling_matches_numpy(kind, shape, window):
+    rng = np.random.default_rng(3)
+    C, H, W = shape
+    ph, pw = window
+    N = 4
+    X = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    Ho, Wo = H // ph, W // pw
+    out = np.empty((N, C * Ho * Wo), np.float32)
+    argmax = np.empty((N, C * Ho * Wo), np.int32) if kind == "max" else np.empty((0, 0), np.int32)
+    args = {"C": C, "H": H, "W": W, "PH": ph, "PW": pw, "is_max": kind == "max", "n_threads": 2}
+    pool_forward(X.reshape(N, -1), out, argmax, **args)
+    np.testing.assert_allclose(out.reshape(N, C, Ho, Wo), pool_reference(X, ph, pw, kind), rtol=1e-6, atol=1e-6)
+
+    # backward = gradient of sum(R * pool(X)), by autograd-style reference
+    R = rng.standard_normal((N, C, Ho, Wo)).astype(np.float32)
+    dX = np.full((N, C * H * W), np.nan, np.float32)
+    pool_backward(R.reshape(N, -1), argmax, dX, **args)
+    ref = np.zeros((N, C, H, W), np.float32)
+    for n in range(N):
+        for c in range(C):
+            for y in range(Ho):
+                for x in range(Wo):
+                    win = X[n, c, y * ph:(y + 1) * ph, x * pw:(x + 1) * pw]
+                    if kind == "max":
+                        a, b = np.unravel_index(np.argmax(win), win.shape)
+                        ref[n, c, y * ph + a, x * pw + b] += R[n, c, y, x]
+                    else:
+                        ref[n, c, y * ph:(y + 1) * ph, x * pw:(x + 1) * pw] += R[n, c, y, x] / (ph * pw)
+    np.testing.assert_allclose(dX.reshape(N, C, H, W), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_shapes_raise():
+    X = np.zeros((2, 12), np.float32)
+    with pytest.raises(ValueError, match="C\\*H\\*W"):
+        conv2d_forward(X, np.zeros((1, 9), np.float32), np.zeros(1, np.float32),
+                       np.zeros((2, 4), np.float32), C=1, H=4, W=4, KH=3, KW=3)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv2d_forward(np.zeros((2, 4), np.float32), np.zeros((1, 9), np.float32),
+                       np.zeros(1, np.float32), np.zeros((2, 1), np.float32), C=1, H=2, W=2, KH=3, KW=3)
+    with pytest.raises(ValueError, match="window"):
+        pool_forward(X, np.zeros((2, 1), np.float32), np.zeros((2, 1), np.int32), C=1, H=3, W=4,
+                     PH=4, PW=4, is_max=True)

@@ -1,0 +1,243 @@
+"""Column-row sampled products: against NumPy references and their statistical guarantees."""
+
+import numpy as np
+import pytest
+from fastfire._core._sampling import (
+    SCHEMES,
+    effective_k,
+    sampled_matmul,
+    scatter_columns,
+    scatter_rows,
+    uniform_numbers,
+)
+
+UNBIASED = ("crs", "bernoulli", "uniform")
+
+
+def _operands(rng, m, n, p, trans_a=False, trans_b=False):
+    # uneven column/row norms so that norm-proportional sampling differs from uniform
+    A = (rng.standard_normal((m, n)) * rng.gamma(1.0, 1.0, n)).astype(np.float32)
+    B = (rng.standard_normal((n, p)) * rng.gamma(1.0, 1.0, (n, 1))).astype(np.float32)
+    As = np.ascontiguousarray(A.T) if trans_a else A
+    Bs = np.ascontiguousarray(B.T) if trans_b else B
+    return A, B, As, Bs
+
+
+def _call(As, Bs, m, n, p, trans_a, trans_b, scheme, k, seed=0, counter=0, n_threads=1, **kw):
+    C = np.full((m, p), np.nan, dtype=np.float32)
+    idx = np.empty(n, np.int32)
+    scale = np.empty(n, np.float32)
+    a_buf = np.empty(m * n, np.float32)
+    b_buf = np.empty(n * p, np.float32)
+    n_kept, exact = sampled_matmul(As, Bs, C, trans_a, trans_b, SCHEMES[scheme], k, idx, scale,
+                                   a_buf, b_buf, seed=seed, counter=counter, n_threads=n_threads, **kw)
+    return C, idx[:n_kept].copy(), scale[:n_kept].copy(), exact
+
+
+def reference_sampled_product(A, B, idx, scale, alpha=1.0):
+    """The naive twin: the kept column-row pairs, scaled, summed."""
+    return alpha * (A[:, idx] * scale) @ B[idx, :]
+
+
+def test_effective_k():
+    assert effective_k(100, 0.5, 10) == 50
+    assert effective_k(100, 0.05, 10) == 10
+    assert effective_k(8, 0.5, 10) == 8
+    assert effective_k(784, 0.3, 10) == 235
+    assert effective_k(784, 1.0, 10) == 784
+    assert effective_k(500, 0.9, 10) == 450
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_product_matches_reference_on_the_kept_pairs(scheme, trans_a, trans_b):
+    rng = np.random.default_rng(1)
+    m, n, p = 9, 60, 7
+    A, B, As, Bs = _operands(rng, m, n, p, trans_a, trans_b)
+    C, idx, scale, exact = _call(As, Bs, m, n, p, trans_a, trans_b, scheme, 20, seed=5, counter=3,
+                                 n_threads=2, alpha=0.5)
+    assert not exact
+    assert np.all(np.diff(idx) > 0) and idx.min() >= 0 and idx.max() < n
+    np.testing.assert_allclose(C, reference_sampled_product(A, B, idx, scale, 0.5), rtol=1e-5, atol=1e-5)
+    if scheme in ("topk", "topk_estimated", "uniform"):
+        assert len(idx) == 20
+    if scheme in ("topk", "topk_estimated"):
+        np.testing.assert_array_equal(scale, 1.0)
+
+
+def test_gathered_buffers_hold_the_sample():
+    rng = np.random.default_rng(2)
+    m, n, p = 5, 40, 6
+    A, B, _, _ = _operands(rng, m, n, p)
+    C = np.empty((m, p), np.float32)
+    idx, scale = np.empty(n, np.int32), np.empty(n, np.float32)
+    a_buf, b_buf = np.empty(m * n, np.float32), np.empty(n * p, np.float32)
+    kept, _ = sampled_matmul(A, B, C, False, False, SCHEMES["bernoulli"], 15, idx, scale, a_buf, b_buf,
+                             seed=1, counter=1)
+    np.testing.assert_array_equal(a_buf[: m * kept].reshape(m, kept), A[:, idx[:kept]] * scale[:kept])
+    np.testing.assert_array_equal(b_buf[: kept * p].reshape(kept, p), B[idx[:kept]])
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_exact_when_k_reaches_n(scheme):
+    rng = np.random.default_rng(3)
+    A, B, _, _ = _operands(rng, 6, 25, 4)
+    C, _, _, exact = _call(A, B, 6, 25, 4, False, False, scheme, 25)
+    assert exact
+    np.testing.assert_allclose(C, A @ B, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_k_zero_keeps_nothing(scheme):
+    rng = np.random.default_rng(8)
+    A, B, _, _ = _operands(rng, 3, 20, 2)
+    C, idx, _, exact = _call(A, B, 3, 20, 2, False, False, scheme, 0)
+    assert not exact and len(idx) == 0
+    np.testing.assert_array_equal(C, 0.0)
+
+
+def test_exact_when_all_scores_are_zero():
+    A = np.zeros((4, 30), np.float32)
+    B = np.ones((30, 3), np.float32)
+    C, _, _, exact = _call(A, B, 4, 30, 3, False, False, "bernoulli", 5)
+    assert exact
+    np.testing.assert_array_equal(C, 0.0)
+
+
+def _draws(scheme, k, T, m=4, n=30, p=3, seed=0):
+    rng = np.random.default_rng(10)
+    A, B, _, _ = _operands(rng, m, n, p)
+    Cs = np.stack([_call(A, B, m, n, p, False, False, scheme, k, seed=seed, counter=t)[0]
+                   for t in range(T)]).astype(np.float64)
+    return A.astype(np.float64), B.astype(np.float64), Cs
+
+
+@pytest.mark.parametrize("scheme", UNBIASED)
+def test_unbiased_schemes_average_to_the_product(scheme):
+    T = 3000
+    A, B, Cs = _draws(scheme, 8, T)
+    exact = A @ B
+    z = (Cs.mean(0) - exact) / (Cs.std(0, ddof=1) / np.sqrt(T))
+    # 12 entries, each z ~ N(0, 1) for an unbiased estimator: |z| < 4.5 with overwhelming odds
+    assert np.abs(z).max() < 4.5, z
+
+
+def test_topk_is_biased_so_the_unbiasedness_test_has_power():
+    # the statistic above rejects unscaled top-k (biased): measured against CRS's spread
+    T = 300
+    A, B, Cs = _draws("crs", 8, T)
+    exact = A @ B
+    rng = np.random.default_rng(10)
+    A32, B32, _, _ = _operands(rng, 4, 30, 3)
+    C_top, _, _, _ = _call(A32, B32, 4, 30, 3, False, False, "topk", 8)
+    sd = Cs.std(0, ddof=1) / np.sqrt(T)
+    assert np.abs((C_top - exact) / sd).max() > 4.5
+
+
+def test_crs_error_matches_its_variance_formula():
+    # E‖AB - C‖²_F = (Σ_i ‖A_i‖² ‖B_i‖² / p_i − ‖AB‖²_F) / k  for k draws with replacement
+    eps, T = 0.1, 1500
+    for k in (4, 16):
+        A, B, Cs = _draws("crs", k, T)
+        s = np.linalg.norm(A, axis=0) * np.linalg.norm(B, axis=1)
+        n = A.shape[1]
+        prob = (1 - eps) * s / s.sum() + eps / n
+        expected = ((s**2 / prob).sum() - np.linalg.norm(A @ B) ** 2) / k
+        measured = ((Cs - A @ B) ** 2).sum(axis=(1, 2)).mean()
+        assert abs(measured / expected - 1) < 0.15, (k, measured, expected)
+
+
+def test_bernoulli_error_matches_its_variance_formula_and_falls_with_k():
+    # E‖AB - C‖²_F = Σ_i (1/p_i − 1) ‖A_i‖² ‖B_i‖²
+    eps, T = 0.1, 1500
+    errors = []
+    for k in (4, 12, 24):
+        A, B, Cs = _draws("bernoulli", k, T)
+        s = np.linalg.norm(A, axis=0) * np.linalg.norm(B, axis=1)
+        n = A.shape[1]
+        prob = (1 - eps) * np.minimum(1.0, k * s / s.sum()) + eps * k / n
+        expected = ((1 / prob - 1) * s**2).sum()
+        measured = ((Cs - A @ B) ** 2).sum(axis=(1, 2)).mean()
+        assert abs(measured / expected - 1) < 0.15, (k, measured, expected)
+        errors.append(measured)
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_topk_is_deterministic_and_keeps_the_largest_scores():
+    rng = np.random.default_rng(4)
+    A, B, _, _ = _operands(rng, 5, 50, 4)
+    C1, idx1, _, _ = _call(A, B, 5, 50, 4, False, False, "topk", 12, seed=1, counter=1)
+    C2, idx2, _, _ = _call(A, B, 5, 50, 4, False, False, "topk", 12, seed=99, counter=7, n_threads=2)
+    np.testing.assert_array_equal(idx1, idx2)
+    np.testing.assert_array_equal(C1, C2)
+    s = np.linalg.norm(A, axis=0) * np.linalg.norm(B, axis=1)
+    np.testing.assert_array_equal(idx1, np.sort(np.argsort(-s)[:12]))
+
+
+def test_topk_ties_keep_the_lowest_ids():
+    A = np.ones((3, 10), np.float32)
+    B = np.ones((10, 2), np.float32)
+    _, idx, _, _ = _call(A, B, 3, 10, 2, False, False, "topk", 4)
+    np.testing.assert_array_equal(idx, [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_sample_does_not_depend_on_thread_count(scheme):
+    rng = np.random.default_rng(5)
+    A, B, _, _ = _operands(rng, 40, 300, 33)
+    C1, idx1, sc1, _ = _call(A, B, 40, 300, 33, False, False, scheme, 90, seed=3, counter=11, n_threads=1)
+    C2, idx2, sc2, _ = _call(A, B, 40, 300, 33, False, False, scheme, 90, seed=3, counter=11, n_threads=2)
+    np.testing.assert_array_equal(idx1, idx2)
+    np.testing.assert_array_equal(sc1, sc2)
+    np.testing.assert_allclose(C1, C2, rtol=1e-5, atol=1e-5)
+
+
+def test_seed_and_counter_change_the_sample():
+    rng = np.random.default_rng(6)
+    A, B, _, _ = _operands(rng, 5, 200, 4)
+    samples = {tuple(_call(A, B, 5, 200, 4, False, False, "bernoulli", 40, seed=s, counter=c)[1])
+               for s in (0, 1) for c in (0, 1)}
+    assert len(samples) == 4
+
+
+def test_uniform_numbers_are_uniform():
+    u = uniform_numbers(7, 3, 20000)
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.01
+    hist, _ = np.histogram(u, bins=10, range=(0, 1))
+    assert hist.min() > 1800
+    assert not np.array_equal(u[:100], uniform_numbers(7, 4, 100))
+
+
+def test_scatters_match_numpy():
+    rng = np.random.default_rng(7)
+    src = rng.standard_normal((4, 6)).astype(np.float32)
+    idx = np.array([1, 4, 7, 8], np.int32)
+    out = np.full((10, 6), np.nan, np.float32)
+    scatter_rows(src, idx, out, 2)
+    ref = np.zeros((10, 6), np.float32)
+    ref[idx] = src
+    np.testing.assert_array_equal(out, ref)
+
+    src = rng.standard_normal((3, 4)).astype(np.float32)
+    scale = np.array([2.0, 0.5, 1.0, 3.0], np.float32)
+    out = np.full((3, 9), np.nan, np.float32)
+    scatter_columns(src, idx, scale, out, 2)
+    ref = np.zeros((3, 9), np.float32)
+    ref[:, idx] = src * scale
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_bad_arguments_raise():
+    A = np.ones((3, 5), np.float32)
+    B = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="shapes"):
+        _call(A, B, 3, 5, 2, False, False, "crs", 2)
+    B = np.ones((5, 2), np.float32)
+    with pytest.raises(ValueError, match="scheme"):
+        sampled_matmul(A, B, np.empty((3, 2), np.float32), False, False, 9, 2, np.empty(5, np.int32),
+                       np.empty(5, np.float32), np.empty(15, np.float32), np.empty(10, np.float32))
+    with pytest.raises(ValueError, match="a_buf"):
+        sampled_matmul(A, B, np.empty((3, 2), np.float32), False, False, 0, 2, np.empty(5, np.int32),
+                       np.empty(5, np.float32), np.empty(2, np.float32), np.empty(10, np.float32))
