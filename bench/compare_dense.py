@@ -67,6 +67,14 @@ def run_sklearn(data, hidden, epochs, batch_size, threads, seed):
     return seconds, clf.score(X_test, y_test)
 
 
+def run_sklearn_float64(data, hidden, epochs, batch_size, threads, seed):
+    """scikit-learn on float64 input (``X / 255.0``, the usual user path): it then computes in
+    float64, while fastfire converts to float32."""
+    X, y, X_test, y_test = data
+    return run_sklearn((X.astype(np.float64), y, X_test.astype(np.float64), y_test),
+                       hidden, epochs, batch_size, threads, seed)
+
+
 def run_torch(data, hidden, epochs, batch_size, threads, seed):
     import torch
 
@@ -115,8 +123,8 @@ def run_gemm_bound(data, hidden, epochs, batch_size, threads, seed):
     return seconds, float("nan")
 
 
-RUNNERS = {"fastfire": run_fastfire, "scikit-learn": run_sklearn, "pytorch": run_torch,
-           "gemm-bound": run_gemm_bound}
+RUNNERS = {"fastfire": run_fastfire, "scikit-learn": run_sklearn,
+           "sklearn-float64": run_sklearn_float64, "pytorch": run_torch, "gemm-bound": run_gemm_bound}
 
 
 def main(argv=None):
@@ -133,12 +141,12 @@ def main(argv=None):
     parser.add_argument("--json", help="write the raw timings here")
     args = parser.parse_args(argv)
 
-    impls = ["fastfire", "scikit-learn", "gemm-bound"]
+    impls = ["fastfire", "scikit-learn", "sklearn-float64", "gemm-bound"]
     if not args.no_torch:
         try:
             import torch  # noqa: F401
 
-            impls.insert(2, "pytorch")
+            impls.insert(3, "pytorch")
         except ImportError:
             print("PyTorch not importable: skipped", file=sys.stderr)
 
@@ -159,7 +167,8 @@ def main(argv=None):
         for threads in [int(t) for t in args.threads.split(",")]:
             results = {}
             for impl in impls:
-                repeats = args.sklearn_repeats if impl == "scikit-learn" and args.sklearn_repeats else args.repeats
+                slow = impl.startswith(("scikit", "sklearn"))
+                repeats = args.sklearn_repeats if slow and args.sklearn_repeats else args.repeats
                 runs = [RUNNERS[impl](data, hidden, args.epochs, args.batch_size, threads, seed)
                         for seed in range(repeats)]
                 seconds = statistics.median(r[0] for r in runs) / args.epochs
