@@ -129,7 +129,9 @@ cdef void _gemm_blocked(bint trans_a, bint trans_b, int m, int n, int k, float a
                         const float* A, int lda, const float* B, int ldb, float beta,
                         float* C, int n_threads) noexcept nogil:
     """Row-major C (m x n, contiguous) = alpha op(A) op(B) + beta C in n_threads blocks of C."""
-    cdef bint split_rows = m >= n
+    # Aᵀ·D (weight gradients) with wide C scales better split by rows (measured: 784x128 @ 128x1024
+    # at 2 threads 1.7-2.0 ms by rows vs 2.4 ms by columns; by columns at 256 columns).
+    cdef bint split_rows = m >= n or (trans_a and n >= 512)
     cdef int dim = m if split_rows else n
     cdef int ldc = n
     cdef int n_blocks, block, b, start, stop
