@@ -8,10 +8,7 @@ traceback instead. Ctrl-C during ``train`` finishes the current batch, still sav
 """
 
 import argparse
-import bz2
 import contextlib
-import gzip
-import lzma
 import math
 import os
 import re
@@ -23,8 +20,6 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = ["main"]
-
-_MAGIC = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
 
 
 class CLIError(Exception):
@@ -84,11 +79,14 @@ def _sniff(path):
     """``"arff"``, ``"xc"`` (first line is three integers) or ``"svmlight"``."""
     if re.search(r"\.arff(\.(gz|bz2|xz))?$", os.fspath(path).lower()):
         return "arff"
-    with open(path, "rb") as raw:
-        head = raw.read(6)
-    opener = next((op for magic, op in _MAGIC.items() if head.startswith(magic)), open)
-    with opener(path, "rb") as f:
-        first = f.readline(4096)
+    from fastfire.datasets._files import _open_binary
+
+    stream, raw = _open_binary(path)  # plain, gzip, bzip2 or xz, by magic bytes
+    try:
+        first = stream.readline(4096)
+    finally:
+        stream.close()
+        raw.close()
     if first.lstrip().lower().startswith((b"@relation", b"%")):
         return "arff"
     return "xc" if re.fullmatch(rb"\s*\d+\s+\d+\s+\d+\s*", first) else "svmlight"
