@@ -149,11 +149,10 @@ class BaseMLP(BaseEstimator):
                 )
         return [int(s) for s in sizes]
 
-    def _initialize(self, layer_units):
-        """Glorot-uniform weights (scikit-learn's factors) and fresh training state."""
+    def _reset_training_state(self):
+        """Counters, loss curve, early-stopping state and optimizer of a fresh fit."""
         self.n_iter_ = 0
         self.t_ = 0
-        self.n_layers_ = len(layer_units)
         self.loss_curve_ = []
         self._no_improvement_count = 0
         if self.early_stopping:
@@ -164,6 +163,12 @@ class BaseMLP(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
+        self._optimizer = None
+
+    def _initialize(self, layer_units):
+        """Glorot-uniform weights (scikit-learn's factors) and fresh training state."""
+        self._reset_training_state()
+        self.n_layers_ = len(layer_units)
         factor = 2.0 if self.activation == "logistic" else 6.0
         self.coefs_, self.intercepts_ = [], []
         for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
@@ -172,7 +177,6 @@ class BaseMLP(BaseEstimator):
                 self._random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32)
             )
             self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out).astype(np.float32))
-        self._optimizer = None
 
     def _resolve_auto(self):
         """``selection="auto"``: on a classifier with at least ``AUTO_LSH_MIN_OUTPUTS``

@@ -218,19 +218,7 @@ n_features_in_, n_outputs_, out_activation_
             self.coefs_.append(rs.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
             self.intercepts_.append(rs.uniform(-bound, bound, fan_out).astype(np.float32))
         self.n_layers_ = len(self.coefs_) + 1
-        self.n_iter_ = 0
-        self.t_ = 0
-        self.loss_curve_ = []
-        self._no_improvement_count = 0
-        if self.early_stopping:
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
-        else:
-            self.best_loss_ = np.inf
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-        self._optimizer = None
+        self._reset_training_state()
 
     def _build_network(self):
         n_conv = self.n_conv_layers_
