@@ -394,33 +394,7 @@ def dtree_query(
     int n_threads,
 ):
     """For each row i in ``rows`` the neurons r with C[i, r] > b: CSR ``(indptr, indices)``."""
-    cdef int n_levels = size.shape[0] - 1
-    cdef offset_t n_q = rows.shape[0], q, k
-    cdef int failed = 0, t
-    owner_np = np.zeros(n_q, dtype=np.intc)
-    start_np = np.zeros(n_q, dtype=np.int64)
-    count_np = np.zeros(n_q, dtype=np.int64)
-    cdef int[::1] owner = owner_np
-    cdef offset_t[::1] start = start_np, count = count_np
-    cdef IdBuf* bufs = _new_bufs(n_threads)
-    cdef IdBuf* buf
-    try:
-        with nogil, parallel(num_threads=n_threads):
-            t = threadid()
-            buf = &bufs[t]
-            for q in prange(n_q, schedule="dynamic", chunksize=4):
-                owner[q] = t
-                start[q] = buf.size
-                k = _query(&C[rows[q], 0], 1, &nodes[rows[q], 0], 1, &off[0], &size[0],
-                           n_levels, fanout, b, buf)
-                count[q] = k if k > 0 else 0
-        for t in range(n_threads):
-            failed |= bufs[t].failed
-        if failed:
-            raise MemoryError("out of memory in dtree_query")
-        return _collect(bufs, n_threads, owner, start, count, n_threads)
-    finally:
-        _free_bufs(bufs, n_threads)
+    return _batched_query(C, nodes, size, off, fanout, rows, False, b, n_threads)
 
 
 def wtree_query(
@@ -434,31 +408,56 @@ def wtree_query(
     int n_threads,
 ):
     """For each neuron r in ``cols`` the data points i with C[i, r] > b: CSR ``(indptr, indices)``."""
+    return _batched_query(C, nodes, size, off, fanout, cols, True, b, n_threads)
+
+
+cdef object _batched_query(
+    const float32_t[:, ::1] C,
+    const float32_t[:, ::1] nodes,
+    const offset_t[::1] size,
+    const offset_t[::1] off,
+    offset_t fanout,
+    const index_t[::1] ids,             # rows of C (DTrees) or columns of C (WTrees)
+    bint by_column,
+    float32_t b,
+    int n_threads,
+):
+    """Query one tree per id in parallel into per-thread buffers, then collect them as CSR.
+
+    A DTree lies along a row of C and of ``nodes`` (stride 1); a WTree along a column (stride
+    = row length). Trees differ in size, hence the dynamic schedule; WTree queries are cheaper
+    per tree, hence their larger chunks.
+    """
     cdef int n_levels = size.shape[0] - 1
-    cdef offset_t m = C.shape[1]
-    cdef offset_t n_q = cols.shape[0], q, k
+    cdef offset_t n_q = ids.shape[0], q, k
+    cdef offset_t c_row = C.shape[1], n_row = nodes.shape[1]
+    cdef offset_t c_step = 1 if by_column else c_row, c_stride = c_row if by_column else 1
+    cdef offset_t n_step = 1 if by_column else n_row, n_stride = n_row if by_column else 1
+    cdef int chunk = 64 if by_column else 4
     cdef int failed = 0, t
     owner_np = np.zeros(n_q, dtype=np.intc)
     start_np = np.zeros(n_q, dtype=np.int64)
     count_np = np.zeros(n_q, dtype=np.int64)
     cdef int[::1] owner = owner_np
     cdef offset_t[::1] start = start_np, count = count_np
+    cdef const float32_t* c0 = &C[0, 0] if C.shape[0] > 0 and C.shape[1] > 0 else NULL
+    cdef const float32_t* n0 = &nodes[0, 0] if nodes.shape[0] > 0 and nodes.shape[1] > 0 else NULL
     cdef IdBuf* bufs = _new_bufs(n_threads)
     cdef IdBuf* buf
     try:
         with nogil, parallel(num_threads=n_threads):
             t = threadid()
             buf = &bufs[t]
-            for q in prange(n_q, schedule="dynamic", chunksize=64):
+            for q in prange(n_q, schedule="dynamic", chunksize=chunk):
                 owner[q] = t
                 start[q] = buf.size
-                k = _query(&C[0, cols[q]], m, &nodes[0, cols[q]], m, &off[0], &size[0],
-                           n_levels, fanout, b, buf)
+                k = _query(c0 + ids[q] * c_step, c_stride, n0 + ids[q] * n_step, n_stride,
+                           &off[0], &size[0], n_levels, fanout, b, buf)
                 count[q] = k if k > 0 else 0
         for t in range(n_threads):
             failed |= bufs[t].failed
         if failed:
-            raise MemoryError("out of memory in wtree_query")
+            raise MemoryError(f"out of memory in {'wtree' if by_column else 'dtree'}_query")
         return _collect(bufs, n_threads, owner, start, count, n_threads)
     finally:
         _free_bufs(bufs, n_threads)
