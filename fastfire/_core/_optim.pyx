@@ -5,6 +5,8 @@ The dense steps work on flat 1-D views of a parameter and its state (the caller 
 The ``*_rows`` steps update only the listed rows of a 2-D parameter (SLIDE-style lazy updates for
 sparse training): rows that got no gradient are not touched at all, their optimizer state included.
 Every element is updated independently, so the result is the same for every thread count.
+Each step also returns the squared norm of the parameters it updated, taken before the update in
+the same pass: the L2 term of the loss costs no extra pass over the weights.
 
 Scalars (learning rate, betas, epsilon, l2, momentum) are taken as Python floats (C double) and
 rounded to float32 only after ``1 - beta`` is formed, as scikit-learn's float64 arithmetic does
@@ -19,6 +21,8 @@ from libc.math cimport pow, sqrt
 
 from fastfire._core._types cimport float32_t, float64_t, index_t, offset_t
 
+import numpy as np
+
 # The element-wise Adam update in C. GCC does not vectorize sqrtf without -fno-math-errno (each
 # call becomes sqrtss plus an errno branch; function attributes and `omp simd` do not lift it in
 # GCC 12), and that flag is not ours to set globally, so x86-64 gets an explicit SSE loop (SSE is
@@ -31,16 +35,22 @@ cdef extern from *:
     #include <xmmintrin.h>
     #define FF_ADAM_SSE 1
     #endif
-    static void ff_adam_update(
+    /* One Adam step over n entries; returns the sum of the squared parameters before the update
+       (the L2 term of the loss, accumulated in the same pass). */
+    static double ff_adam_update(
             float *param, const float *grad, float *m, float *v, Py_ssize_t n, float lr,
             float b1, float b2, float one_b1, float one_b2, float eps, float l2) {
         Py_ssize_t i = 0;
+        double sumsq = 0.0;
     #ifdef FF_ADAM_SSE
         const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vob1 = _mm_set1_ps(one_b1),
                      vob2 = _mm_set1_ps(one_b2), veps = _mm_set1_ps(eps), vl2 = _mm_set1_ps(l2),
                      vlr = _mm_set1_ps(lr);
+        __m128 acc = _mm_setzero_ps();
+        float lanes[4];
         for (; i + 4 <= n; i += 4) {
             __m128 p = _mm_loadu_ps(param + i);
+            acc = _mm_add_ps(acc, _mm_mul_ps(p, p));
             __m128 g = _mm_add_ps(_mm_loadu_ps(grad + i), _mm_mul_ps(vl2, p));
             __m128 mi = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(m + i)), _mm_mul_ps(vob1, g));
             __m128 vi = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(v + i)),
@@ -50,23 +60,54 @@ cdef extern from *:
             p = _mm_sub_ps(p, _mm_div_ps(_mm_mul_ps(vlr, mi), _mm_add_ps(_mm_sqrt_ps(vi), veps)));
             _mm_storeu_ps(param + i, p);
         }
+        _mm_storeu_ps(lanes, acc);
+        sumsq = ((double) lanes[0] + lanes[1]) + ((double) lanes[2] + lanes[3]);
     #endif
         for (; i < n; i++) {
             float g = grad[i] + l2 * param[i];
             float mi = b1 * m[i] + one_b1 * g;
             float vi = b2 * v[i] + one_b2 * (g * g);
+            sumsq += (double) param[i] * param[i];
             m[i] = mi;
             v[i] = vi;
             param[i] = param[i] - lr * mi / (sqrtf(vi) + eps);
         }
+        return sumsq;
     }
     """
-    void ff_adam_update(float* param, const float* grad, float* m, float* v, Py_ssize_t n,
-                        float lr, float b1, float b2, float one_b1, float one_b2, float eps,
-                        float l2) noexcept nogil
+    double ff_adam_update(float* param, const float* grad, float* m, float* v, Py_ssize_t n,
+                          float lr, float b1, float b2, float one_b1, float one_b2, float eps,
+                          float l2) noexcept nogil
 
 # Elements per task of the dense steps (a multiple of 16 floats: chunks start on cache lines).
 cdef Py_ssize_t _CHUNK = 4096
+
+
+cdef double _sgd_update(float* w, const float* grad, float* velocity, Py_ssize_t n, float lr,
+                        float mom, bint nesterov, float l2) noexcept nogil:
+    """One SGD step over n entries; returns the sum of the squared parameters before it."""
+    cdef Py_ssize_t j
+    cdef float g, vel
+    cdef double sumsq = 0.0
+    for j in range(n):
+        sumsq += <double> w[j] * w[j]
+        g = grad[j] + l2 * w[j]
+        vel = mom * velocity[j] - lr * g
+        velocity[j] = vel
+        if nesterov:
+            w[j] = w[j] + (mom * vel - lr * g)
+        else:
+            w[j] = w[j] + vel
+    return sumsq
+
+
+cdef double _ordered_sum(const double[::1] parts) noexcept:
+    """Sum in index order: per-chunk partial sums give the same total for every thread count."""
+    cdef double total = 0.0
+    cdef Py_ssize_t i
+    for i in range(parts.shape[0]):
+        total += parts[i]
+    return total
 
 
 
@@ -104,6 +145,12 @@ def adam_step(float[::1] param,          # IN/OUT (n,)
         L2 penalty coefficient added to the gradient (0 when the caller already added it).
     n_threads : int, default=1
         Number of OpenMP threads (``schedule="static"``).
+
+    Returns
+    -------
+    squared_norm : float
+        ``sum(param**2)`` before the update (the L2 term of the loss, computed in the same pass;
+        the same value for every thread count).
     """
     cdef Py_ssize_t n = param.shape[0], i
     _check_len("adam_step", n, grad=grad, m=m, v=v)
@@ -114,13 +161,16 @@ def adam_step(float[::1] param,          # IN/OUT (n,)
     cdef float one_b1 = <float> (1.0 - beta_1), one_b2 = <float> (1.0 - beta_2)
     cdef float lr_f = <float> lr_t, eps = <float> epsilon, l2_f = <float> l2
     if n == 0:
-        return
+        return 0.0
     cdef Py_ssize_t n_chunks = (n + _CHUNK - 1) // _CHUNK, c, start
+    cdef double[::1] chunk_sums = np.empty(n_chunks)
     with nogil:
         for c in prange(n_chunks, schedule="static", num_threads=n_threads):
             start = c * _CHUNK
-            ff_adam_update(&param[start], &grad[start], &m[start], &v[start],
-                           min(_CHUNK, n - start), lr_f, b1, b2, one_b1, one_b2, eps, l2_f)
+            chunk_sums[c] = ff_adam_update(&param[start], &grad[start], &m[start], &v[start],
+                                           min(_CHUNK, n - start), lr_f, b1, b2, one_b1, one_b2,
+                                           eps, l2_f)
+    return _ordered_sum(chunk_sums)
 
 
 def sgd_step(float[::1] param,            # IN/OUT (n,)
@@ -152,23 +202,26 @@ def sgd_step(float[::1] param,            # IN/OUT (n,)
         L2 penalty coefficient added to the gradient.
     n_threads : int, default=1
         Number of OpenMP threads (``schedule="static"``).
+
+    Returns
+    -------
+    squared_norm : float
+        ``sum(param**2)`` before the update, as :func:`adam_step` returns it.
     """
-    cdef Py_ssize_t n = param.shape[0], i
+    cdef Py_ssize_t n = param.shape[0]
     _check_len("sgd_step", n, grad=grad, velocity=velocity)
     n_threads = threads_for(n_threads, param.shape[0], MIN_ELEMENTS_PER_THREAD)
-    cdef float g, vel
     cdef float lr_f = <float> lr, mom = <float> momentum, l2_f = <float> l2
     if n == 0:
-        return
+        return 0.0
+    cdef Py_ssize_t n_chunks = (n + _CHUNK - 1) // _CHUNK, c, start
+    cdef double[::1] chunk_sums = np.empty(n_chunks)
     with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            g = grad[i] + l2_f * param[i]
-            vel = mom * velocity[i] - lr_f * g
-            velocity[i] = vel
-            if nesterov:
-                param[i] = param[i] + (mom * vel - lr_f * g)
-            else:
-                param[i] = param[i] + vel
+        for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+            start = c * _CHUNK
+            chunk_sums[c] = _sgd_update(&param[start], &grad[start], &velocity[start],
+                                        min(_CHUNK, n - start), lr_f, mom, nesterov, l2_f)
+    return _ordered_sum(chunk_sums)
 
 
 def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
@@ -210,9 +263,14 @@ def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
         L2 penalty coefficient added to the gradient of the listed rows.
     n_threads : int, default=1
         Number of OpenMP threads (over the listed rows, ``schedule="static"``).
+
+    Returns
+    -------
+    squared_norm : float
+        Sum of the squared entries of the listed rows before the update (their L2 term).
     """
     cdef Py_ssize_t n_rows = param.shape[0], p = param.shape[1], n_active = rows.shape[0]
-    cdef Py_ssize_t k, j
+    cdef Py_ssize_t k
     if grad_rows.shape[0] != n_active or grad_rows.shape[1] != p:
         raise ValueError(
             f"adam_step_rows: grad_rows {(grad_rows.shape[0], grad_rows.shape[1])} must be (len(rows), p) = "
@@ -238,7 +296,8 @@ def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
     cdef const float* gr
     cdef int bad = 0
     if n_active == 0:
-        return
+        return 0.0
+    cdef double[::1] row_sums = np.zeros(n_active)
     with nogil:
         for k in prange(n_active, schedule="static", num_threads=n_threads):
             r = rows[k]
@@ -255,9 +314,10 @@ def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
             mr = &m[r, 0]
             vr = &v[r, 0]
             gr = &grad_rows[k, 0]
-            ff_adam_update(w, gr, mr, vr, p, lr_r, b1, b2, one_b1, one_b2, eps, l2_f)
+            row_sums[k] = ff_adam_update(w, gr, mr, vr, p, lr_r, b1, b2, one_b1, one_b2, eps, l2_f)
     if bad:
         raise ValueError(f"adam_step_rows: {bad} row ids outside [0, {n_rows}) were skipped.")
+    return _ordered_sum(row_sums)
 
 
 def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)
@@ -289,9 +349,14 @@ def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)
         L2 penalty coefficient.
     n_threads : int, default=1
         Number of OpenMP threads (over the listed rows).
+
+    Returns
+    -------
+    squared_norm : float
+        Sum of the squared entries of the listed rows before the update (their L2 term).
     """
     cdef Py_ssize_t n_rows = param.shape[0], p = param.shape[1], n_active = rows.shape[0]
-    cdef Py_ssize_t k, j
+    cdef Py_ssize_t k
     if grad_rows.shape[0] != n_active or grad_rows.shape[1] != p:
         raise ValueError(
             f"sgd_step_rows: grad_rows {(grad_rows.shape[0], grad_rows.shape[1])} must be (len(rows), p) = "
@@ -303,30 +368,19 @@ def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)
         )
     n_threads = threads_for(n_threads, rows.shape[0] * param.shape[1], MIN_ELEMENTS_PER_THREAD)
     cdef index_t r
-    cdef float g, vel
     cdef float lr_f = <float> lr, mom = <float> momentum, l2_f = <float> l2
-    cdef float* w
-    cdef float* vr
-    cdef const float* gr
     cdef int bad = 0
     if n_active == 0 or p == 0:
-        return
+        return 0.0
+    cdef double[::1] row_sums = np.zeros(n_active)
     with nogil:
         for k in prange(n_active, schedule="static", num_threads=n_threads):
             r = rows[k]
             if r < 0 or r >= n_rows:
                 bad += 1
                 continue
-            w = &param[r, 0]
-            vr = &velocity[r, 0]
-            gr = &grad_rows[k, 0]
-            for j in range(p):
-                g = gr[j] + l2_f * w[j]
-                vel = mom * vr[j] - lr_f * g
-                vr[j] = vel
-                if nesterov:
-                    w[j] = w[j] + (mom * vel - lr_f * g)
-                else:
-                    w[j] = w[j] + vel
+            row_sums[k] = _sgd_update(&param[r, 0], &grad_rows[k, 0], &velocity[r, 0], p, lr_f,
+                                      mom, nesterov, l2_f)
     if bad:
         raise ValueError(f"sgd_step_rows: {bad} row ids outside [0, {n_rows}) were skipped.")
+    return _ordered_sum(row_sums)

@@ -4,7 +4,6 @@ import numpy as np
 
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.losses import LOSSES
-from fastfire.nn.optimizers import RowGrad
 
 # Prediction runs in row chunks so that no layer's output exceeds this many floats.
 PREDICT_CHUNK_FLOATS = 1 << 22
@@ -116,18 +115,12 @@ class Network:
             if i > 0:
                 self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
                 delta = input_grad
-        if alpha:
-            # Row-sparse layers are penalised (and counted) on the rows they update.
-            squared_norm = sum(
-                l.coef_grad.squared_norm(l.coef) if isinstance(l.coef_grad, RowGrad)
-                else float(np.dot(l.coef.ravel(), l.coef.ravel()))
-                for l in self.layers
-            )
-            loss += 0.5 * alpha * squared_norm / n
-
+        # The L2 term uses the weights before the update; the optimizer sums their squares in the
+        # update's own pass (row-sparse layers are penalised, and counted, on the rows they update).
         l2 = alpha / n
         l2s = [l2] * len(self.layers) + [0.0] * len(self.layers)
-        optimizer.step(self.params, self.grads, l2s, n_threads)
+        squared_norm = optimizer.step(self.params, self.grads, l2s, n_threads)
+        loss += 0.5 * alpha * squared_norm / n
         for layer in self.layers:
             layer.selector.after_update(layer)
         return loss

@@ -53,11 +53,6 @@ class RowGrad:
             raise ValueError("RowGrad: the parameter's row view is not C-contiguous.")
         return out
 
-    def squared_norm(self, param):
-        """Squared norm of the listed rows of ``param`` (the L2 term of a lazy update)."""
-        rows = self.view(param)[self.rows]
-        return float(np.dot(rows.ravel(), rows.ravel()))
-
 
 class Adam:
     """Adam (Kingma & Ba) with scikit-learn's bias-corrected step size.
@@ -82,25 +77,34 @@ class Adam:
         self.row_ts = [None] * len(params)  # per-row step counters of lazily updated params
 
     def step(self, params, grads, l2s, n_threads):
-        """One update of every parameter from its gradient (``l2s``: per-array L2 factor)."""
+        """One update of every parameter from its gradient (``l2s``: per-array L2 factor).
+
+        Returns the squared norm, before the update, of the penalised arrays (``l2 > 0``; for a
+        :class:`RowGrad`, of its rows): the loss's L2 term, computed in the update's own pass.
+        """
         self.t += 1
         self.learning_rate = (
             self.learning_rate_init
             * np.sqrt(1 - self.beta_2**self.t)
             / (1 - self.beta_1**self.t)
         )
+        squared_norm = 0.0
         for i, (p, g, m, v, l2) in enumerate(zip(params, grads, self.ms, self.vs, l2s)):
             if isinstance(g, RowGrad):
                 if not hasattr(self, "row_ts"):
                     self.row_ts = [None] * len(params)
                 if self.row_ts[i] is None:
                     self.row_ts[i] = np.zeros(g.view(p).shape[0], dtype=np.int64)
-                adam_step_rows(g.view(p), g.values, g.rows, g.view(m), g.view(v), self.row_ts[i],
-                               self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon,
-                               l2, n_threads)
-                continue
-            adam_step(_flat(p), _flat(g), _flat(m), _flat(v), self.learning_rate,
-                      self.beta_1, self.beta_2, self.epsilon, l2, n_threads)
+                norm = adam_step_rows(
+                    g.view(p), g.values, g.rows, g.view(m), g.view(v), self.row_ts[i],
+                    self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon, l2, n_threads,
+                )
+            else:
+                norm = adam_step(_flat(p), _flat(g), _flat(m), _flat(v), self.learning_rate,
+                                 self.beta_1, self.beta_2, self.epsilon, l2, n_threads)
+            if l2 > 0:
+                squared_norm += norm
+        return squared_norm
 
     def iteration_ends(self, time_step):
         """Adam has no learning-rate schedule."""
@@ -136,14 +140,21 @@ class SGD:
         self.velocities = [np.zeros_like(p) for p in params]
 
     def step(self, params, grads, l2s, n_threads):
-        """One update of every parameter from its gradient (``l2s``: per-array L2 factor)."""
+        """One update of every parameter from its gradient (``l2s``: per-array L2 factor).
+
+        Returns the squared norm of the penalised arrays before the update, as :meth:`Adam.step`.
+        """
+        squared_norm = 0.0
         for p, g, vel, l2 in zip(params, grads, self.velocities, l2s):
             if isinstance(g, RowGrad):
-                sgd_step_rows(g.view(p), g.values, g.rows, g.view(vel), self.learning_rate,
-                              self.momentum, self.nesterov, l2, n_threads)
-                continue
-            sgd_step(_flat(p), _flat(g), _flat(vel), self.learning_rate, self.momentum,
-                     self.nesterov, l2, n_threads)
+                norm = sgd_step_rows(g.view(p), g.values, g.rows, g.view(vel), self.learning_rate,
+                                     self.momentum, self.nesterov, l2, n_threads)
+            else:
+                norm = sgd_step(_flat(p), _flat(g), _flat(vel), self.learning_rate, self.momentum,
+                                self.nesterov, l2, n_threads)
+            if l2 > 0:
+                squared_norm += norm
+        return squared_norm
 
     def iteration_ends(self, time_step):
         """Apply the ``invscaling`` schedule after an epoch (``time_step``: samples seen)."""

@@ -52,7 +52,8 @@ def test_adam_step_matches_reference(n, l2, n_threads):
     grad = _readonly(grad)
     for t in range(1, 4):
         lr_t = sklearn_lr_t(1e-3, 0.9, 0.999, t)
-        _optim.adam_step(param, grad, m, v, lr_t, 0.9, 0.999, 1e-8, l2, n_threads)
+        norm = _optim.adam_step(param, grad, m, v, lr_t, 0.9, 0.999, 1e-8, l2, n_threads)
+        assert norm == pytest.approx(np.sum(exp_param.astype(np.float64) ** 2), rel=1e-5)
         exp_param, exp_m, exp_v = ref_adam(exp_param, grad, exp_m, exp_v, lr_t, 0.9, 0.999, 1e-8, l2)
     np.testing.assert_allclose(m, exp_m, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(v, exp_v, rtol=1e-5, atol=1e-9)
@@ -69,10 +70,28 @@ def test_sgd_step_matches_reference(n, momentum, nesterov, l2, n_threads):
     exp_param, exp_vel = param.copy(), vel.copy()
     grad = _readonly(grad)
     for _ in range(3):
-        _optim.sgd_step(param, grad, vel, 0.1, momentum, nesterov, l2, n_threads)
+        norm = _optim.sgd_step(param, grad, vel, 0.1, momentum, nesterov, l2, n_threads)
+        assert norm == pytest.approx(np.sum(exp_param.astype(np.float64) ** 2), rel=1e-5)
         exp_param, exp_vel = ref_sgd(exp_param, grad, exp_vel, 0.1, momentum, nesterov, l2)
     np.testing.assert_allclose(vel, exp_vel, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(param, exp_param, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("step", ["adam", "sgd"])
+def test_dense_step_squared_norm_is_the_same_for_every_thread_count(step):
+    # per-chunk partial sums added in chunk order: bit-identical, not merely close
+    rng = np.random.default_rng(11)
+    param, grad, m, v = _state(rng, 100_003)
+    norms = []
+    for n_threads in THREADS:
+        p = param.copy()
+        if step == "adam":
+            norms.append(_optim.adam_step(p, grad, m.copy(), v.copy(), 1e-3, 0.9, 0.999, 1e-8,
+                                          1e-4, n_threads))
+        else:
+            norms.append(_optim.sgd_step(p, grad, m.copy(), 0.1, 0.9, True, 1e-4, n_threads))
+    assert norms[0] == norms[1] == norms[2]
+    assert norms[0] == pytest.approx(np.sum(param.astype(np.float64) ** 2), rel=1e-6)
 
 
 def test_adam_and_sgd_accept_flat_views_of_matrices():
@@ -116,7 +135,9 @@ def test_adam_step_rows_matches_per_row_reference(n_rows, p, n_active, n_threads
     lr, b1, b2, eps, l2 = 1e-2, 0.9, 0.999, 1e-8, 1e-3
     for step in range(3):
         grad_rows = _readonly(rng.standard_normal((n_active, p)).astype(np.float32))
-        _optim.adam_step_rows(param, grad_rows, rows, m, v, t, lr, b1, b2, eps, l2, n_threads)
+        norm = _optim.adam_step_rows(param, grad_rows, rows, m, v, t, lr, b1, b2, eps, l2, n_threads)
+        expected_norm = np.sum(exp_param[rows].astype(np.float64) ** 2)
+        assert norm == pytest.approx(expected_norm, rel=1e-5, abs=1e-12)
         for k, r in enumerate(rows):
             exp_t[r] += 1
             lr_r = sklearn_lr_t(lr, b1, b2, exp_t[r])
@@ -152,7 +173,8 @@ def test_sgd_step_rows_matches_reference(nesterov, n_threads):
     param, rows, grad_rows = _rows_problem(rng, 50, 7, 19)
     vel = rng.standard_normal((50, 7)).astype(np.float32)
     exp_param, exp_vel = param.copy(), vel.copy()
-    _optim.sgd_step_rows(param, grad_rows, rows, vel, 0.05, 0.9, nesterov, 1e-3, n_threads)
+    norm = _optim.sgd_step_rows(param, grad_rows, rows, vel, 0.05, 0.9, nesterov, 1e-3, n_threads)
+    assert norm == pytest.approx(np.sum(exp_param[rows].astype(np.float64) ** 2), rel=1e-6)
     exp_param[rows], exp_vel[rows] = ref_sgd(exp_param[rows], grad_rows, exp_vel[rows], 0.05, 0.9,
                                              nesterov, 1e-3)
     np.testing.assert_allclose(param, exp_param, rtol=1e-6, atol=1e-7)
