@@ -61,6 +61,22 @@ def _hidden(text):
     return sizes
 
 
+def _selection(text):
+    """``auto``, one selector name for every layer, or one name per weight layer (comma-separated)."""
+    from fastfire.nn.selectors import SELECTORS
+
+    if text == "auto":
+        return "auto"
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in SELECTORS:
+            raise argparse.ArgumentTypeError(
+                f"unknown selector {name!r}; use auto, or one or a comma-separated list (one per "
+                f"weight layer, output last) of: {', '.join(sorted(SELECTORS))}"
+            )
+    return names[0] if len(names) == 1 else names
+
+
 def _n_jobs(text):
     try:
         value = int(text)
@@ -346,9 +362,10 @@ def _parser():
                    help="default: 128")
     p.add_argument("--learning-rate", type=_positive(float), default=1e-3, metavar="LR",
                    help="Adam step size (default: 0.001)")
-    from fastfire.nn.selectors import SELECTORS
-    p.add_argument("--selection", choices=sorted(SELECTORS), default="dense",
-                   help="which neurons each layer computes (default: dense)")
+    p.add_argument("--selection", type=_selection, default="auto", metavar="NAMES",
+                   help="which neurons each layer computes: auto (LSH on an output layer of at "
+                        "least 4096 labels, dense otherwise; the default), one selector for "
+                        "every layer, or a comma-separated list, one per weight layer")
     p.add_argument("--n-jobs", **jobs)
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")

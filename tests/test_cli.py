@@ -154,6 +154,33 @@ def test_errors_are_one_line_with_status_2(xc_files, model_file, tmp_path, capsy
         capsys, ["predict", str(model_file), str(wide)])
 
 
+def test_selection_is_auto_by_default_and_takes_one_name_per_layer(xc_files, tmp_path, capsys):
+    from fastfire.nn.lsh import LSHLayer
+
+    X, Y = make_extreme_classification(300, 200, 5000, n_labels_per_sample=2, random_state=1)
+    wide = tmp_path / "wide.txt"
+    dump_xc(X, Y, wide)
+    path = tmp_path / "auto.npz"
+    assert main(["train", str(wide), "--epochs", "1", "--hidden", "16", "--n-jobs", "1",
+                 "--quiet", "--model-out", str(path)]) == 0
+    model = fastfire.load(path)
+    assert model.selection == "auto"
+    assert isinstance(model._network.layers[-1], LSHLayer)  # 5000 labels: LSH on the output
+
+    path = tmp_path / "listed.npz"
+    assert main(["train", str(xc_files[0]), "--epochs", "1", "--hidden", "16", "--n-jobs", "1",
+                 "--quiet", "--selection", "dense,lsh", "--model-out", str(path)]) == 0
+    model = fastfire.load(path)
+    assert model.selection == ["dense", "lsh"]
+    assert isinstance(model._network.layers[-1], LSHLayer)
+    assert not isinstance(model._network.layers[0], LSHLayer)
+
+    assert "unknown selector 'fast'" in _error(
+        capsys, ["train", str(xc_files[0]), "--selection", "dense,fast"])
+    assert "2 weight layers" in _error(
+        capsys, ["train", str(xc_files[0]), "--selection", "dense,dense,lsh", "--quiet"])
+
+
 def test_help_exits_0(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
