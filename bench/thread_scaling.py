@@ -4,7 +4,9 @@
         --repeats 3 --plot bench/thread_scaling.png
 
 Each figure is the median of ``--repeats`` runs after a warm-up; "speedup" is the 1-thread
-time over the k-thread time and "efficiency" the speedup over k (1.0 is the ideal).
+time over the k-thread time and "efficiency" the speedup over k (1.0 is the ideal). The runs at
+the different thread counts are interleaved (1, 2, 1, 2, ...), so that a slow spell of a shared
+machine falls on every thread count alike instead of on one of them.
 """
 
 import argparse
@@ -22,14 +24,17 @@ import fastfire
 from fastfire._core import _dense, _optim
 
 
-def _median_time(fn, repeats):
-    fn()  # warm-up
-    times = []
+def _median_times(fn, threads, repeats):
+    """{n_threads: median seconds of fn(n_threads)} over interleaved rounds, after a warm-up."""
+    times = {n: [] for n in threads}
+    for n in threads:
+        fn(n)  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for n in threads:
+            start = time.perf_counter()
+            fn(n)
+            times[n].append(time.perf_counter() - start)
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def workloads(dataset, hidden, batch_size, epochs):
@@ -94,7 +99,7 @@ def main(argv=None):
     table = {}
     with threadpool_limits(1, user_api="blas"):
         for name, fn in workloads(args.dataset, args.hidden, args.batch_size, args.epochs).items():
-            table[name] = {n: _median_time(lambda: fn(n), args.repeats) for n in threads}
+            table[name] = _median_times(fn, threads, args.repeats)
             base = table[name][threads[0]]
             cells = "  ".join(
                 f"{n} thr {t:7.3f}s x{base / t:4.2f} (eff {base / t / n * threads[0]:.2f})"
