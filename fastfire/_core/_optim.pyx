@@ -25,15 +25,53 @@ import numpy as np
 
 # The element-wise Adam update in C. GCC does not vectorize sqrtf without -fno-math-errno (each
 # call becomes sqrtss plus an errno branch; function attributes and `omp simd` do not lift it in
-# GCC 12), and that flag is not ours to set globally, so x86-64 gets an explicit SSE loop (SSE is
-# part of the x86-64 baseline: no -march needed). Same arithmetic, same rounding as the scalar loop
-# (IEEE sqrt and division are correctly rounded in both).
+# GCC 12), and that flag is not ours to set globally, so x86-64 gets explicit vector loops: SSE
+# (part of the x86-64 baseline: no -march needed) and, chosen at run time when the CPU has it, AVX
+# (a function compiled for that target only; 2-2.5x faster than SSE on AMD Zen 3, where the
+# sqrt/div units bound this loop). AVX without FMA does the same roundings as SSE and as the scalar
+# loop (IEEE sqrt and division are correctly rounded in all three), so the result does not depend
+# on the path.
 cdef extern from *:
     """
     #include <math.h>
     #if defined(__SSE__) || defined(_M_X64)
     #include <xmmintrin.h>
     #define FF_ADAM_SSE 1
+    #endif
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define FF_ADAM_AVX 1
+    /* Adam over the first multiple of 8 entries with AVX; returns how many were done and adds the
+       squared parameters (before the update) to *sumsq. */
+    __attribute__((target("avx")))
+    static Py_ssize_t ff_adam_update_avx(
+            float *param, const float *grad, float *m, float *v, Py_ssize_t n, float lr,
+            float b1, float b2, float one_b1, float one_b2, float eps, float l2, double *sumsq) {
+        const __m256 vb1 = _mm256_set1_ps(b1), vb2 = _mm256_set1_ps(b2),
+                     vob1 = _mm256_set1_ps(one_b1), vob2 = _mm256_set1_ps(one_b2),
+                     veps = _mm256_set1_ps(eps), vl2 = _mm256_set1_ps(l2), vlr = _mm256_set1_ps(lr);
+        __m256 acc = _mm256_setzero_ps();
+        float lanes[8];
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 p = _mm256_loadu_ps(param + i);
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(p, p));
+            __m256 g = _mm256_add_ps(_mm256_loadu_ps(grad + i), _mm256_mul_ps(vl2, p));
+            __m256 mi = _mm256_add_ps(_mm256_mul_ps(vb1, _mm256_loadu_ps(m + i)),
+                                      _mm256_mul_ps(vob1, g));
+            __m256 vi = _mm256_add_ps(_mm256_mul_ps(vb2, _mm256_loadu_ps(v + i)),
+                                      _mm256_mul_ps(vob2, _mm256_mul_ps(g, g)));
+            _mm256_storeu_ps(m + i, mi);
+            _mm256_storeu_ps(v + i, vi);
+            p = _mm256_sub_ps(p, _mm256_div_ps(_mm256_mul_ps(vlr, mi),
+                                               _mm256_add_ps(_mm256_sqrt_ps(vi), veps)));
+            _mm256_storeu_ps(param + i, p);
+        }
+        _mm256_storeu_ps(lanes, acc);
+        *sumsq += (((double) lanes[0] + lanes[1]) + ((double) lanes[2] + lanes[3]))
+                  + (((double) lanes[4] + lanes[5]) + ((double) lanes[6] + lanes[7]));
+        return i;
+    }
     #endif
     /* One Adam step over n entries; returns the sum of the squared parameters before the update
        (the L2 term of the loss, accumulated in the same pass). */
@@ -42,6 +80,12 @@ cdef extern from *:
             float b1, float b2, float one_b1, float one_b2, float eps, float l2) {
         Py_ssize_t i = 0;
         double sumsq = 0.0;
+    #ifdef FF_ADAM_AVX
+        if (__builtin_cpu_supports("avx")) {
+            i = ff_adam_update_avx(param, grad, m, v, n, lr, b1, b2, one_b1, one_b2, eps, l2,
+                                   &sumsq);
+        }
+    #endif
     #ifdef FF_ADAM_SSE
         const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vob1 = _mm_set1_ps(one_b1),
                      vob2 = _mm_set1_ps(one_b2), veps = _mm_set1_ps(eps), vl2 = _mm_set1_ps(l2),
@@ -61,7 +105,7 @@ cdef extern from *:
             _mm_storeu_ps(param + i, p);
         }
         _mm_storeu_ps(lanes, acc);
-        sumsq = ((double) lanes[0] + lanes[1]) + ((double) lanes[2] + lanes[3]);
+        sumsq += ((double) lanes[0] + lanes[1]) + ((double) lanes[2] + lanes[3]);
     #endif
         for (; i < n; i++) {
             float g = grad[i] + l2 * param[i];

@@ -77,6 +77,19 @@ def test_sgd_step_matches_reference(n, momentum, nesterov, l2, n_threads):
     np.testing.assert_allclose(param, exp_param, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [7, 100_003])
+def test_adam_step_rounds_exactly_as_numpy(n):
+    # the vector paths (AVX when the CPU has it, SSE, scalar tail) do NumPy's float32 operations
+    # in the same order, without FMA contraction: bit-identical results
+    rng = np.random.default_rng(3)
+    param, grad, m, v = _state(rng, n)
+    exp_param, exp_m, exp_v = ref_adam(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-3)
+    _optim.adam_step(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-3, 2)
+    np.testing.assert_array_equal(m, exp_m)
+    np.testing.assert_array_equal(v, exp_v)
+    np.testing.assert_array_equal(param, exp_param)
+
+
 @pytest.mark.parametrize("step", ["adam", "sgd"])
 def test_dense_step_squared_norm_is_the_same_for_every_thread_count(step):
     # per-chunk partial sums added in chunk order: bit-identical, not merely close
