@@ -1,4 +1,8 @@
-"""The ``fastfire`` command: ``demo``, ``train``, ``predict`` and ``info``.
+"""The ``fastfire`` command: ``demo``, ``train``, ``predict``, ``info`` and ``bench depth``.
+
+``fastfire bench depth`` runs the depth study of Ebrahimi, Advani and Asudeh (EDBT 2025): 1 to 7
+hidden layers of 1,000 units on Fashion-MNIST, exact vs LSH vs column-row sampling vs threshold
+firing on the hidden layers (``fastfire._depth_study``), and prints a markdown table.
 
 Run ``fastfire --help`` (or ``python -m fastfire.cli --help``) for the usage. Every user error
 (missing or malformed file, bad option value, a file that is not a fastfire model) prints one line
@@ -334,6 +338,109 @@ def _demo(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# bench
+
+
+def _int_list(text):
+    """``"1,2,3"`` or ``"1-7"`` → a list of positive integers."""
+    try:
+        values = []
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            values.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of positive integers, e.g. 1,2,3 or 1-7")
+    return values
+
+
+def _methods(text):
+    from fastfire._depth_study import METHODS
+
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in METHODS:
+            raise argparse.ArgumentTypeError(
+                f"unknown method {name!r}; use a comma-separated list of: {', '.join(METHODS)}")
+    return names
+
+
+def _fraction(text):
+    value = _positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 1]")
+    return value
+
+
+def _non_negative(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a float") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+#: ``--quick``: a few seconds on scikit-learn's built-in digits (options given explicitly win)
+_QUICK = {"data": "digits", "layers": [1, 2], "width": 64, "n_train": 300, "n_test": 150,
+          "epochs": 3, "batch_size": 32, "learning_rate": 1e-2}
+_FULL = {"data": "fashion-mnist", "layers": list(range(1, 8)), "width": 1000, "n_train": None,
+         "n_test": None, "epochs": 2, "batch_size": 128, "learning_rate": 1e-3}
+
+
+def _bench(args):
+    """``fastfire bench depth``: the depth study, a markdown table, optional JSON and PNG."""
+    import fastfire
+    from fastfire import _depth_study
+
+    settings = {key: getattr(args, key) if getattr(args, key) is not None else default
+                for key, default in (_QUICK if args.quick else _FULL).items()}
+    if args.plot:  # say so before the long run, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("fastfire: matplotlib is not installed (pip install matplotlib): "
+                  f"no plot written to {args.plot}", file=sys.stderr, flush=True)
+            args.plot = None
+    threads = fastfire.effective_n_threads(args.n_jobs)
+    if not args.quiet:
+        print(f"fastfire {fastfire.__version__} bench depth: {settings['data']}, hidden layers "
+              f"{','.join(map(str, settings['layers']))} of {settings['width']} units, methods "
+              f"{','.join(args.methods)}, {settings['epochs']} epochs, batch "
+              f"{settings['batch_size']}, {threads} threads, seed {args.seed}", flush=True)
+
+    def progress(row):
+        if not args.quiet:
+            done = (f"accuracy {row['accuracy']:.4f}  {row['seconds_per_epoch']:.2f} s/epoch"
+                    if row["accuracy"] is not None else row["reason"])
+            print(f"  {row['depth']} hidden, {row['method']}: {done}", file=sys.stderr,
+                  flush=True)
+
+    config = dict(settings, methods=args.methods, n_jobs=args.n_jobs, threads=threads,
+                  seed=args.seed, lsh_active=args.lsh_active,
+                  sampling_ratio=args.sampling_ratio, threshold_b=args.threshold_b,
+                  version=fastfire.__version__)
+    rows = _depth_study.run_depth_study(
+        methods=args.methods, n_jobs=args.n_jobs, seed=args.seed, lsh_active=args.lsh_active,
+        sampling_ratio=args.sampling_ratio, threshold_b=args.threshold_b, progress=progress,
+        **settings,
+    )
+    print(_depth_study.format_table(rows), flush=True)
+    if args.json:
+        _depth_study.write_json(rows, args.json, config)
+        print(f"rows written to {args.json}", flush=True)
+    if args.plot:
+        _depth_study.plot_depth_study(
+            rows, args.plot, title=f"{settings['data']}, {settings['width']} units per hidden "
+                                   f"layer, {settings['epochs']} epochs, {threads} threads")
+        print(f"plot written to {args.plot}", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -382,6 +489,43 @@ def _parser():
 
     p = sub.add_parser("info", help="version, OpenMP, threads and BLAS (fastfire.show_config)")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("bench", help="benchmarks: 'depth' (exact vs LSH vs sampled vs threshold "
+                                     "on 1-7 hidden layers, Fashion-MNIST)")
+    p.add_argument("study", choices=["depth"], help="which benchmark")
+    p.add_argument("--layers", type=_int_list, metavar="DEPTHS",
+                   help="numbers of hidden layers, e.g. 1,2,3 or 1-7 (default: 1-7)")
+    p.add_argument("--methods", type=_methods, default=["exact", "lsh", "sampled", "threshold"],
+                   metavar="NAMES", help="comma-separated, of exact, lsh, sampled, threshold "
+                                         "(default: all)")
+    p.add_argument("--width", type=_positive(int), metavar="UNITS",
+                   help="units per hidden layer (default: 1000)")
+    p.add_argument("--data", choices=["fashion-mnist", "digits"],
+                   help="Fashion-MNIST ($FASTFIRE_DATA) or scikit-learn's digits "
+                        "(default: fashion-mnist; digits with --quick)")
+    p.add_argument("--n-train", type=_positive(int), metavar="N",
+                   help="random training subset (default: all)")
+    p.add_argument("--n-test", type=_positive(int), metavar="N",
+                   help="first N test samples (default: all)")
+    p.add_argument("--epochs", type=_positive(int), metavar="N", help="default: 2")
+    p.add_argument("--batch-size", type=_positive(int), metavar="B", help="default: 128")
+    p.add_argument("--learning-rate", type=_positive(float), metavar="LR",
+                   help="Adam step size (default: 0.001)")
+    p.add_argument("--lsh-active", type=_fraction, default=0.1, metavar="F",
+                   help="lsh: share of each hidden layer active per sample (default: 0.1)")
+    p.add_argument("--sampling-ratio", type=_fraction, default=0.5, metavar="F",
+                   help="sampled: share of column-row pairs kept (default: 0.5)")
+    p.add_argument("--threshold-b", type=_non_negative, default=0.0, metavar="B",
+                   help="threshold: firing threshold b >= 0 (default: 0, exact ReLU)")
+    p.add_argument("--n-jobs", **jobs)
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--plot", metavar="PATH", help="also draw accuracy and s/epoch vs depth (PNG, "
+                                                  "needs matplotlib)")
+    p.add_argument("--quick", action="store_true",
+                   help="seconds: digits, 1-2 hidden layers of 64 units, 300 samples, 3 epochs")
+    p.add_argument("--quiet", action="store_true", help="only the table")
+    p.set_defaults(func=_bench)
     return parser
 
 
