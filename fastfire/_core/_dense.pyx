@@ -10,7 +10,8 @@ from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, MIN_MACS_PER_THREAD
 from cython.parallel cimport parallel, prange
 from libc.math cimport expf, tanhf
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -490,6 +491,53 @@ def column_sums(const float[:, ::1] X,    # IN (n, p)
         free(acc)
     if failed:
         raise MemoryError("column_sums: could not allocate thread-local scratch.")
+
+
+# --------------------------------------------------------------------------------------------
+# row gather (the mini-batch of a shuffled epoch)
+# --------------------------------------------------------------------------------------------
+
+def take_rows(const float[:, ::1] X,       # IN (n, p)
+              const int64_t[::1] rows,     # IN (m,) row ids in [0, n)
+              float[:, ::1] out,           # OUT (m, p)
+              int n_threads=1):
+    """``out[i] = X[rows[i]]``: NumPy's ``np.take(X, rows, axis=0, out=out)``, parallel over rows.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p), float32, C-contiguous
+        Rows to gather from (read-only arrays work).
+    rows : ndarray of shape (m,), int64
+        Row ids; every one is checked to lie in ``[0, n)`` before anything is written.
+    out : ndarray of shape (m, p), float32, C-contiguous
+        Output, overwritten.
+    n_threads : int, default=1
+        Number of OpenMP threads.
+
+    Raises
+    ------
+    ValueError
+        When the shapes disagree or a row id is out of range.
+    """
+    cdef Py_ssize_t n = X.shape[0], p = X.shape[1], m = rows.shape[0], i
+    if out.shape[0] != m or out.shape[1] != p:
+        raise ValueError(
+            f"take_rows: out is {(out.shape[0], out.shape[1])}, expected (len(rows), X.shape[1]) = "
+            f"{(m, p)}."
+        )
+    cdef int64_t bad = -1
+    for i in range(m):
+        if rows[i] < 0 or rows[i] >= n:
+            bad = i
+            break
+    if bad >= 0:
+        raise ValueError(f"take_rows: rows[{bad}] = {rows[bad]} is outside [0, {n}).")
+    if m == 0 or p == 0:
+        return
+    n_threads = threads_for(n_threads, m * p, MIN_ELEMENTS_PER_THREAD)
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=n_threads):
+            memcpy(&out[i, 0], &X[rows[i], 0], p * sizeof(float))
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from fastfire._core._dense import take_rows
 from fastfire._core._openmp import effective_n_threads
 from fastfire._interrupt import interruptible
 from fastfire.nn.active import ActiveSet
@@ -66,6 +67,24 @@ def _take_rows(A, idx):
     if sp.issparse(A):
         return A[idx]
     return np.take(A, idx, axis=0)
+
+
+def _batch_gatherer(X, batch_size, n_threads):
+    """``rows -> X[rows]`` for the shuffled mini-batches of an epoch.
+
+    Dense float32 rows are copied by the parallel ``take_rows`` kernel into one buffer reused by
+    every batch: a training step is done with its batch before the next one is gathered.
+    """
+    if sp.issparse(X) or X.dtype != np.float32 or X.ndim != 2 or not X.flags.c_contiguous:
+        return lambda rows: _take_rows(X, rows)
+    buffer = np.empty((batch_size, X.shape[1]), dtype=np.float32)
+
+    def gather(rows):
+        out = buffer[: len(rows)]
+        take_rows(X, rows, out, n_threads)
+        return out
+
+    return gather
 
 
 class BaseMLP(BaseEstimator):
@@ -279,7 +298,8 @@ class BaseMLP(BaseEstimator):
         batch_target = (lambda t: t) if self._sparse_output() else self._batch_target
         interrupted = False
         # Reshuffled in place every epoch: the same random stream as scikit-learn's MLP.
-        order = np.arange(n_samples) if self.shuffle else None
+        order = np.arange(n_samples, dtype=np.int64) if self.shuffle else None
+        gather = _batch_gatherer(X, batch_size, n_threads)
         with interruptible() as flag:
             for _ in range(self.max_iter):
                 start_time = time.perf_counter()
@@ -293,7 +313,7 @@ class BaseMLP(BaseEstimator):
                         X_batch, t_batch = X[rows], target[rows]
                     else:
                         rows = order[start:stop]
-                        X_batch, t_batch = _take_rows(X, rows), _take_rows(target, rows)
+                        X_batch, t_batch = gather(rows), _take_rows(target, rows)
                     batch_loss = network.train_step(
                         ActiveSet.from_data(X_batch), batch_target(t_batch),
                         self.alpha, optimizer, n_threads,

@@ -293,3 +293,27 @@ def test_column_sums_accumulates_in_double_and_is_deterministic():
     np.testing.assert_allclose(outs[0], exact, rtol=1e-7)
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_take_rows_matches_numpy_take(n_threads):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 37)).astype(np.float32)
+    X.setflags(write=False)
+    rows = rng.integers(0, 300, 1000).astype(np.int64)
+    out = np.full((1000, 37), np.nan, np.float32)
+    _dense.take_rows(X, rows, out, n_threads)
+    np.testing.assert_array_equal(out, np.take(X, rows, axis=0))
+    _dense.take_rows(X, rows[:0], out[:0], n_threads)  # empty batch
+
+
+def test_take_rows_rejects_bad_ids_and_shapes_before_writing():
+    X = np.ones((4, 3), np.float32)
+    out = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"rows\[1\] = 4 is outside \[0, 4\)"):
+        _dense.take_rows(X, np.array([0, 4], np.int64), out)
+    with pytest.raises(ValueError, match=r"rows\[0\] = -1"):
+        _dense.take_rows(X, np.array([-1, 0], np.int64), out)
+    assert not out.any()
+    with pytest.raises(ValueError, match="expected"):
+        _dense.take_rows(X, np.array([0], np.int64), out)
