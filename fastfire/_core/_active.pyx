@@ -28,6 +28,40 @@ from libc.string cimport memset
 
 from fastfire._core._blas cimport saxpy_, sdot_
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FF_PREFETCH_R(p) __builtin_prefetch((const void*) (p), 0, 3)
+    #define FF_PREFETCH_W(p) __builtin_prefetch((const void*) (p), 1, 3)
+    #else
+    #define FF_PREFETCH_R(p) ((void) 0)
+    #define FF_PREFETCH_W(p) ((void) 0)
+    #endif
+    """
+    void FF_PREFETCH_R(const void* p) noexcept nogil
+    void FF_PREFETCH_W(const void* p) noexcept nogil
+
+#: Active entries ahead of the current one whose weight row is prefetched. The rows of one
+#: sample's active set are scattered over the layer (random neuron ids), so without a hint every
+#: row starts with a cache miss; fetching a few rows ahead overlaps those misses with the
+#: arithmetic on the current row.
+cdef enum:
+    _PREFETCH_AHEAD = 4
+
+
+cdef inline void _prefetch_row(const float* row, Py_ssize_t d) noexcept nogil:
+    """Hint the cache lines of one row of ``d`` floats for reading (64-byte lines)."""
+    cdef Py_ssize_t j
+    for j in range(0, d, 16):
+        FF_PREFETCH_R(row + j)
+
+
+cdef inline void _prefetch_row_w(float* row, Py_ssize_t d) noexcept nogil:
+    """Hint the cache lines of one row of ``d`` floats for writing."""
+    cdef Py_ssize_t j
+    for j in range(0, d, 16):
+        FF_PREFETCH_W(row + j)
+
 cdef enum:
     _IDENTITY = 0
     _RELU = 1
@@ -95,6 +129,8 @@ def active_forward_dense(const float[:, ::1] X,        # IN (n, n_in)
     with nogil:
         for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
             for e in range(indptr[i], indptr[i + 1]):
+                if e + _PREFETCH_AHEAD < indptr[i + 1]:
+                    _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
                 out[e] = _act(bias[idx[e]] + (sdot_(<int> d, &X[i, 0], &Wt[idx[e], 0]) if d else 0.0), act)
 
 
@@ -235,6 +271,8 @@ def active_input_grad(const float[::1] delta,           # IN (nnz,)
         for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
             memset(&input_grad[i, 0], 0, d * sizeof(float))
             for e in range(indptr[i], indptr[i + 1]):
+                if e + _PREFETCH_AHEAD < indptr[i + 1]:
+                    _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
                 if delta[e] != 0:
                     saxpy_(<int> d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
 
@@ -412,44 +450,45 @@ def dense_scores_topk(const float[:, ::1] scores,        # IN (n, m)
                     c = c + 1
 
 
-def backward_hogwild_dense(const float[:, ::1] X,         # IN (n, n_in)
-                           const float[::1] delta,        # IN (nnz,)
-                           const int64_t[::1] indptr,     # IN (n + 1,)
-                           const int32_t[::1] idx,        # IN (nnz,)
-                           const int32_t[::1] slot,       # IN (nnz,)
-                           const float[:, ::1] Wt,        # IN (n_out, n_in)
-                           float[:, ::1] grad,            # OUT (n_touched, n_in)
-                           float[::1] bias_grad,          # OUT (n_touched,)
-                           float[:, ::1] input_grad,      # OUT (n, n_in), or (0, n_in): skipped
-                           float scale, int n_threads=1):
-    """SLIDE's fused HOGWILD backward: one pass over each sample's active neurons computes both
-    its input gradient (``sum delta[e] * Wt[r]``) and its contribution ``scale * delta[e] * X[i]``
-    to the shared compact weight-gradient rows (unsynchronised: NOT deterministic with more than
-    one thread; with one thread it equals :func:`grad_rows_dense` + :func:`active_input_grad`).
-    Each weight row ``Wt[r]`` / gradient row is visited once per (sample, neuron) pair instead of
-    twice."""
-    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], nt = grad.shape[0], s, i
-    cdef int64_t e
-    cdef bint want = input_grad.shape[0] > 0
-    _check_set(indptr, idx, n, delta.shape[0])
-    if slot.shape[0] != idx.shape[0] or bias_grad.shape[0] != nt or grad.shape[1] != d \
-            or Wt.shape[1] != d or (want and (input_grad.shape[0] != n or input_grad.shape[1] != d)):
-        raise ValueError("backward_hogwild_dense: shapes do not agree.")
+def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of the CSR input
+                  const float[:, ::1] delta,             # IN (n, p) dLoss/d(pre-activation)
+                  const int64_t[::1] t_indptr,           # IN (n_touched + 1,)
+                  const int64_t[::1] t_entries,          # IN (nnz,) entries grouped by feature
+                  const int32_t[::1] entry_sample,       # IN (nnz,) sample of each entry
+                  float[:, ::1] grad,                    # OUT (n_touched, p)
+                  float scale, int n_threads=1):
+    """Weight gradient of a first layer ``out = X @ W`` with a CSR input, on the rows of the
+    features present in the batch only.
+
+    With :func:`touched_rows` run on the input's CSR pattern (features play the part of the
+    neurons: ``rows`` are the batch's distinct features, ``t_entries`` the input entries grouped
+    by feature, samples in increasing order), row ``s`` of ``grad`` is
+    ``scale * sum_e x_val[e] * delta[entry_sample[e]]`` over the entries ``e`` of feature ``s``:
+    row ``rows[s]`` of ``X.T @ delta * scale``. Parallel over features, each row summed in
+    increasing sample order, so the result does not depend on the thread count.
+    """
+    cdef Py_ssize_t nt = grad.shape[0], p = grad.shape[1], n = delta.shape[0], s
+    cdef int64_t q, e
+    cdef float* row
+    if delta.shape[1] != p:
+        raise ValueError(f"csr_rows_grad: grad has {p} columns, delta {delta.shape[1]}.")
+    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != x_val.shape[0] \
+            or t_entries.shape[0] != x_val.shape[0]:
+        raise ValueError("csr_rows_grad: t_indptr / t_entries / entry_sample do not match.")
+    if nt and t_indptr[nt] > x_val.shape[0]:
+        raise ValueError("csr_rows_grad: t_indptr points past the input's entries.")
+    for q in range(x_val.shape[0]):
+        if entry_sample[q] < 0 or entry_sample[q] >= n:
+            raise ValueError(f"csr_rows_grad: entry_sample has a sample {entry_sample[q]} "
+                             f"outside [0, {n}).")
     _check_threads(n_threads)
-    if d == 0:
+    if nt == 0 or p == 0:
         return
     with nogil:
-        for s in prange(nt, schedule="static", num_threads=n_threads):
-            memset(&grad[s, 0], 0, d * sizeof(float))
-            bias_grad[s] = 0.0
-        for i in prange(n, schedule="dynamic", chunksize=4, num_threads=n_threads):
-            if want:
-                memset(&input_grad[i, 0], 0, d * sizeof(float))
-            for e in range(indptr[i], indptr[i + 1]):
-                if delta[e] == 0:
-                    continue
-                s = slot[e]
-                bias_grad[s] = bias_grad[s] + scale * delta[e]   # racy by design
-                saxpy_(<int> d, scale * delta[e], &X[i, 0], &grad[s, 0])
-                if want:
-                    saxpy_(<int> d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
+        for s in prange(nt, schedule="dynamic", chunksize=16, num_threads=n_threads):
+            row = &grad[s, 0]
+            memset(row, 0, p * sizeof(float))
+            for q in range(t_indptr[s], t_indptr[s + 1]):
+                e = t_entries[q]
+                if x_val[e] != 0:
+                    saxpy_(<int> p, scale * x_val[e], &delta[entry_sample[e], 0], row)

@@ -156,8 +156,11 @@ class LSH(Selector):
         ``predict_topk`` instead; with "logistic" they are per-label probabilities.
     deterministic : bool, default=False
         Accumulate gradients deterministically (same bits for every thread count). The default,
-        HOGWILD, adds rows from several threads without synchronisation: faster on many
-        cores but NOT deterministic with more than one thread.
+        HOGWILD, lets threads add into shared gradient rows without synchronisation where
+        that is faster: for a CSR (first-layer) input; NOT deterministic with more than one
+        thread there. With a dense input (the usual output layer over a hidden layer) both
+        modes sum each gradient row on one thread, which measured faster than HOGWILD
+        (bench/RESULTS-lsh.md, "backward"), so the result is deterministic either way.
     random_state : int or None, default=None
         Seed of the hash functions, of the random fill and of reservoir sampling. None: a seed
         drawn from the estimator's ``random_state``.
@@ -591,21 +594,17 @@ class LSHLayer:
         grad = self._buffer("grad", (nt, self.n_in), np.float32)
         bias_grad = self._buffer("bias_grad", (nt,), np.float32)
         hogwild = not self.selector.deterministic
-        if hogwild and inputs.is_dense:
-            # SLIDE's fused pass: input gradient and weight-gradient rows together
-            input_grad = self._buffer("input_grad", (n if need_input_grad else 0, self.n_in),
-                                      np.float32)
-            _active.backward_hogwild_dense(inputs.values, delta, active.indptr, active.indices,
-                                           slot, self.Wt, grad, bias_grad, input_grad, 1.0 / n,
-                                           n_threads)
-            rows = rows[:nt]
-            self.coef_grad = RowGrad(rows, grad, "T")
-            self.intercept_grad = RowGrad(rows, bias_grad.reshape(-1, 1), "col")
-            return input_grad if need_input_grad else None
         if inputs.is_dense:
+            # Dense inputs (an output layer over a hidden layer): the weight gradient is summed
+            # row by row, parallel over the touched rows (no two threads write one row), in
+            # both modes. SLIDE's fused HOGWILD pass (samples in parallel,
+            # adding into shared rows; removed) was slower on the 20K-label bench
+            # (bench/RESULTS-lsh.md, "backward"): the rows a sample scatters into miss the
+            # cache and two threads contend for the same rows, while here the batch's
+            # inputs stay in cache and each gradient row is written once.
             _active.grad_rows_dense(inputs.values, delta, active.indptr, slot, t_indptr,
                                     t_entries, entry_sample, grad, bias_grad, 1.0 / n,
-                                    hogwild, n_threads)
+                                    False, n_threads)
         else:
             _active.grad_rows_csr(inputs.indptr, inputs.indices, inputs.values, delta,
                                   active.indptr, slot, t_indptr, t_entries, entry_sample, grad,
@@ -692,13 +691,25 @@ class SparseInputLayer(DenseLayer):
         from fastfire._core._dense import column_sums
 
         n = delta.shape[0]
-        rows, compact = np.unique(inputs.indices, return_inverse=True)
-        Xt = sp.csr_matrix((inputs.values, compact.astype(np.int32), inputs.indptr),
-                           shape=(n, rows.size)).T.tocsr()
-        grad = np.asarray(Xt @ delta, dtype=np.float32)
-        grad *= np.float32(1.0 / n)
+        nnz = inputs.indices.shape[0]
+        m = min(nnz, self.n_in)
+        mark = self.__dict__.get("_mark")
+        if mark is None or mark.shape[0] != self.n_in:
+            mark = self.__dict__["_mark"] = np.full(self.n_in, -1, dtype=np.int32)
+        # the batch's distinct features (first-appearance order) and their entries, by feature
+        rows = np.empty(m, dtype=np.int32)
+        slot = np.empty(nnz, dtype=np.int32)
+        t_indptr = np.empty(m + 1, dtype=np.int64)
+        t_entries = np.empty(nnz, dtype=np.int64)
+        entry_sample = np.empty(nnz, dtype=np.int32)
+        nt = _active.touched_rows(inputs.indptr, inputs.indices, mark, rows, slot, t_indptr,
+                                  t_entries, entry_sample)
+        grad = np.empty((nt, self.n_out), dtype=np.float32)
+        delta = np.ascontiguousarray(delta, dtype=np.float32)
+        _active.csr_rows_grad(inputs.values, delta, t_indptr, t_entries, entry_sample, grad,
+                              1.0 / n, n_threads)
         column_sums(delta, self.intercept_grad, 1.0 / n, n_threads)
-        self.coef_grad = RowGrad(rows.astype(np.int32), np.ascontiguousarray(grad), "rows")
+        self.coef_grad = RowGrad(rows[:nt], grad, "rows")
         return None
 
     @property
@@ -715,5 +726,6 @@ class SparseInputLayer(DenseLayer):
     def __getstate__(self):
         state = DenseLayer.__getstate__(self)
         state.pop("_dense_grad", None)
+        state.pop("_mark", None)
         state["coef_grad"] = None
         return state

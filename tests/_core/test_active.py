@@ -217,29 +217,31 @@ def test_errors_on_shape_mismatch(problem):
         _active.dense_scores_topk(X, 0, np.empty((13, 0), np.int32), np.empty((13, 0), np.float32))
 
 
-@pytest.mark.parametrize("want_input_grad", [True, False])
-def test_fused_hogwild_backward_one_thread_equals_separate_kernels(problem, want_input_grad):
-    rng, X, Wt, b, indptr, idx = problem
-    delta = rng.standard_normal(idx.size).astype(np.float32)
-    rows, grad, bgrad = _backward(X, Wt, indptr, idx, delta, True, 1)
-    m, nnz = Wt.shape[0], idx.size
-    mark = np.full(m, -1, np.int32)
-    slot = np.empty(nnz, np.int32)
-    nt = _active.touched_rows(indptr, idx, mark, np.empty(min(nnz, m), np.int32), slot,
-                              np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64),
-                              np.empty(nnz, np.int32))
-    g2 = np.empty((nt, X.shape[1]), np.float32)
-    b2 = np.empty(nt, np.float32)
-    gx = np.empty((X.shape[0] if want_input_grad else 0, X.shape[1]), np.float32)
-    _active.backward_hogwild_dense(X, delta, indptr, idx, slot, Wt, g2, b2, gx,
-                                   np.float32(1.0 / X.shape[0]), 1)
-    np.testing.assert_array_equal(g2, grad)
-    np.testing.assert_array_equal(b2, bgrad)
-    if want_input_grad:
-        ref = np.empty_like(X)
-        _active.active_input_grad(delta, indptr, idx, Wt, ref, 1)
-        np.testing.assert_array_equal(gx, ref)
-    # two threads race by design (additions may be lost): no equality is promised, only a run
-    _active.backward_hogwild_dense(X, delta, indptr, idx, slot, Wt, g2, b2, gx,
-                                   np.float32(1.0 / X.shape[0]), 2)
-    assert np.isfinite(g2).all()
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_csr_rows_grad_equals_numpy_on_the_batch_features(n_threads):
+    rng = np.random.default_rng(3)
+    n, n_in, p = 17, 60, 9
+    X = sp.random(n, n_in, density=0.15, format="csr", random_state=1, dtype=np.float32)
+    X.data[::7] = 0                                   # explicit zeros are skipped, not a crash
+    indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
+    delta = rng.standard_normal((n, p)).astype(np.float32)
+    nnz = indices.size
+    mark = np.full(n_in, -1, dtype=np.int32)
+    rows = np.empty(min(nnz, n_in), dtype=np.int32)
+    slot = np.empty(nnz, dtype=np.int32)
+    t_indptr = np.empty(rows.size + 1, dtype=np.int64)
+    t_entries = np.empty(nnz, dtype=np.int64)
+    sample = np.empty(nnz, dtype=np.int32)
+    nt = _active.touched_rows(indptr, indices, mark, rows, slot, t_indptr, t_entries, sample)
+    grad = np.full((nt, p), np.nan, dtype=np.float32)
+    _active.csr_rows_grad(X.data, delta, t_indptr, t_entries, sample, grad, 0.25, n_threads)
+    ref = 0.25 * (X.toarray().astype(np.float64).T @ delta.astype(np.float64))
+    np.testing.assert_array_equal(np.sort(rows[:nt]), np.unique(indices))
+    np.testing.assert_allclose(grad, ref[rows[:nt]], rtol=1e-5, atol=1e-6)
+    assert (mark == -1).all()
+    again = np.empty_like(grad)
+    _active.csr_rows_grad(X.data, delta, t_indptr, t_entries, sample, again, 0.25, 1)
+    np.testing.assert_array_equal(grad, again)        # same bits for every thread count
+    with pytest.raises(ValueError, match="columns"):
+        _active.csr_rows_grad(X.data, np.ascontiguousarray(delta[:, :3]), t_indptr, t_entries,
+                              sample, grad, 1.0)
