@@ -6,11 +6,13 @@
 Each figure is the median of ``--repeats`` runs after a warm-up; "speedup" is the 1-thread
 time over the k-thread time and "efficiency" the speedup over k (1.0 is the ideal). The runs at
 the different thread counts are interleaved (1, 2, 1, 2, ...), so that a slow spell of a shared
-machine falls on every thread count alike instead of on one of them.
+machine falls on every thread count alike instead of on one of them. ``--competing-load K`` runs
+K busy-loop processes meanwhile, to show what a machine busy with other work does to the scaling.
 """
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -82,6 +84,22 @@ def workloads(dataset, hidden, batch_size, epochs):
     }
 
 
+def _measure(args, threads, table):
+    """Fill ``table`` with {workload: {n_threads: median seconds}} and print one line each."""
+    with threadpool_limits(1, user_api="blas"):
+        work = workloads(args.dataset, args.hidden, args.batch_size, args.epochs)
+        if args.only_fit:
+            work = dict(list(work.items())[:1])
+        for name, fn in work.items():
+            table[name] = _median_times(fn, threads, args.repeats)
+            base = table[name][threads[0]]
+            cells = "  ".join(
+                f"{n} thr {t:7.3f}s x{base / t:4.2f} (eff {base / t / n * threads[0]:.2f})"
+                for n, t in table[name].items()
+            )
+            print(f"{name:<48} {cells}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
@@ -91,21 +109,24 @@ def main(argv=None):
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", help="write a PNG plot of the speedups here (needs matplotlib)")
+    parser.add_argument("--competing-load", type=int, default=0, metavar="K",
+                        help="run K busy-loop processes meanwhile (a machine busy with other work)")
+    parser.add_argument("--only-fit", action="store_true", help="time the training epoch only")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
 
     fastfire.show_config()
     print()
+    if args.competing_load:
+        print(f"with {args.competing_load} competing busy-loop process(es)")
     table = {}
-    with threadpool_limits(1, user_api="blas"):
-        for name, fn in workloads(args.dataset, args.hidden, args.batch_size, args.epochs).items():
-            table[name] = _median_times(fn, threads, args.repeats)
-            base = table[name][threads[0]]
-            cells = "  ".join(
-                f"{n} thr {t:7.3f}s x{base / t:4.2f} (eff {base / t / n * threads[0]:.2f})"
-                for n, t in table[name].items()
-            )
-            print(f"{name:<48} {cells}", flush=True)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.competing_load)]
+    try:
+        _measure(args, threads, table)
+    finally:
+        for process in busy:
+            process.kill()
 
     if args.plot:
         import matplotlib
