@@ -134,12 +134,13 @@ def _load(path, fmt, n_features=None, n_labels=None):
     return X, Y
 
 
-def _ranked(model, X, k, block=2048):
-    """Top-k label indices of every row, best first, scored in blocks of rows."""
-    from fastfire.metrics import top_k
+def _ranked(model, X, k):
+    """Top-k label indices of every row, best first.
 
-    return np.concatenate([top_k(model.predict_proba(X[a:a + block]), k)
-                           for a in range(0, X.shape[0], block)])
+    ``predict_topk`` scores the rows in chunks and keeps only the top k of each, so ranking a
+    test file against 670K labels never holds a dense rows x labels matrix.
+    """
+    return model.predict_topk(X, k)[0]
 
 
 def _precisions(Y, ranked, ks):

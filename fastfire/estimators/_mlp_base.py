@@ -396,18 +396,17 @@ class BaseMLP(BaseEstimator):
         """Top-k output-layer scores (logits) of float32 input ``X``, in row chunks.
 
         Exact: every output neuron is scored, one chunk of rows at a time (at most
-        ``PREDICT_CHUNK_FLOATS`` outputs in memory). Approximate: only the neurons retrieved from
+        ``predict_chunk_rows`` rows in memory). Approximate: only the neurons retrieved from
         the output layer's hash tables are scored; rows with fewer than k candidates are padded
         with index -1 and score -inf.
         """
         from fastfire._core._active import dense_scores_topk
-        from fastfire.nn.network import PREDICT_CHUNK_FLOATS
+        from fastfire.nn.network import predict_chunk_rows
 
         network = self._network
         last = network.layers[-1]
         n_samples = X.shape[0]
-        widest = max(max(l.coef.shape) for l in network.layers)
-        chunk = max(1, min(n_samples, PREDICT_CHUNK_FLOATS // widest))
+        chunk = predict_chunk_rows(network.layers, n_samples)
         indices = np.empty((n_samples, k), dtype=np.int64)
         scores = np.empty((n_samples, k), dtype=np.float32)
         for start in range(0, n_samples, chunk):

@@ -5,8 +5,23 @@ import numpy as np
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.losses import LOSSES
 
-# Prediction runs in row chunks so that no layer's output exceeds this many floats.
+# Prediction runs in row chunks so that no layer's output exceeds this many floats, or the size
+# of the largest weight matrix when that is larger (see ``predict_chunk_rows``).
 PREDICT_CHUNK_FLOATS = 1 << 22
+
+
+def predict_chunk_rows(layers, n_samples):
+    """Rows per prediction chunk: no layer's output over ``max(PREDICT_CHUNK_FLOATS, largest
+    weight matrix)`` floats.
+
+    Each chunk reads every weight matrix once; letting a chunk's outputs grow to the size of the
+    largest matrix keeps that read amortised over enough rows (a 128 x 670K output layer scores
+    128 rows per pass, not 6) while prediction never needs more than about twice the model's
+    memory.
+    """
+    widest = max(max(l.coef.shape) for l in layers)
+    budget = max(PREDICT_CHUNK_FLOATS, max(l.coef.size for l in layers))
+    return max(1, min(n_samples, budget // widest))
 
 
 class Network:
@@ -144,8 +159,7 @@ class Network:
         out : ndarray of shape (n_samples, n_outputs), float32
         """
         n_samples = X.shape[0]
-        widest = max(max(l.coef.shape) for l in self.layers)
-        chunk = max(1, min(n_samples, PREDICT_CHUNK_FLOATS // widest))
+        chunk = predict_chunk_rows(self.layers, n_samples)
         out = np.empty((n_samples, self.n_outputs), dtype=np.float32)
         for start in range(0, n_samples, chunk):
             stop = min(start + chunk, n_samples)
