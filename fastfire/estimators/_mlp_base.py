@@ -361,16 +361,10 @@ class BaseMLP(BaseEstimator):
             for param, best in zip(self.coefs_ + self.intercepts_, self._best_coefs + self._best_intercepts):
                 param[...] = best
         for layer in network.layers:
-            # Hash tables follow the final weights: approximate top-k then uses up-to-date
-            # tables, and a pickled or saved model (which rebuilds them) gets the same ones.
-            # After partial_fit they are only marked stale (rebuilt by an approximate top-k):
-            # rebuilding 670K neurons' tables after every chunk of a streamed epoch cost as
-            # much as the training itself.
+            # hash tables follow the final weights: approximate top-k then uses up-to-date
+            # tables, and a pickled or saved model (which rebuilds them) gets the same ones
             if hasattr(layer, "build_tables"):
-                if incremental:
-                    layer.tables_stale = True
-                else:
-                    layer.build_tables(n_threads)
+                layer.build_tables(n_threads)
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, n_threads):
         if early_stopping:
@@ -427,8 +421,6 @@ class BaseMLP(BaseEstimator):
                 dense_scores_topk(out, k, idx, _val, n_threads)
                 indices[start:stop], scores[start:stop] = idx, _val
             else:
-                if getattr(last, "tables_stale", False):
-                    last.build_tables(n_threads)
                 active = last.query(acts, n_threads, labels=False, min_active=0)
                 out = last.forward_active(acts, active, n_threads)
                 indices[start:stop], scores[start:stop] = _sparse_row_topk(out, k)

@@ -437,7 +437,6 @@ class LSHLayer:
                                          _BUCKET_POLICIES[sel.bucket_policy],
                                          self.family["seed"], offsets, ids, n_threads)
         self._tables = (offsets, ids)
-        self.tables_stale = False  # set by the estimator when weights changed since (partial_fit)
         self.n_rebuilds = getattr(self, "n_rebuilds", 0) + 1
 
     @property
@@ -630,8 +629,7 @@ class LSHLayer:
     def __getstate__(self):
         state = dict(self.__dict__)
         for key in ("Wt", "_inputs", "_active", "_delta", "_tables", "neuron_buckets", "_buffers",
-                    "coef_grad", "intercept_grad", "_mark", "n_forced", "_targets",
-                    "tables_stale"):
+                    "coef_grad", "intercept_grad", "_mark", "n_forced", "_targets"):
             state.pop(key, None)
         return state
 

@@ -143,25 +143,6 @@ def test_partial_fit_and_warm_start(xc):
     assert warm.n_iter_ == 2 and not np.array_equal(before, warm.coefs_[1])
 
 
-def test_partial_fit_leaves_tables_stale_until_an_approximate_topk(xc):
-    # a streamed epoch (partial_fit per chunk) must not rebuild every table after every chunk;
-    # approximate top-k then refreshes them, as a reloaded model would build them
-    X, Y, Xt, _ = xc
-    clf = MLPClassifier((32,), batch_size=64, random_state=0, n_jobs=1,
-                        selection=["dense", _lsh()])
-    clf.partial_fit(X[:600], Y[:600], classes=np.arange(600))
-    layer = clf._network.layers[-1]
-    rebuilds = layer.n_rebuilds
-    clf.partial_fit(X[600:1200], Y[600:1200])
-    assert layer.tables_stale and layer.n_rebuilds == rebuilds
-    approx = clf.predict_topk(Xt, 3, exact=False)[0]
-    assert not layer.tables_stale and layer.n_rebuilds == rebuilds + 1
-    reloaded = pickle.loads(pickle.dumps(clf))
-    np.testing.assert_array_equal(reloaded.predict_topk(Xt, 3, exact=False)[0], approx)
-    clf.fit(X[:600], Y[:600])  # a full fit ends with fresh tables
-    assert not clf._network.layers[-1].tables_stale
-
-
 def test_early_stopping_scores_precision_at_1(xc):
     X, Y, _, _ = xc
     clf = _fit(X, Y, [SparseInput(), _lsh()], early_stopping=True, max_iter=3,
