@@ -1,0 +1,54 @@
+"""Table freshness vs accuracy of LSH training on an XC file (the 670K-label problem).
+
+    python bench/lsh_rehash.py /tmp/a670k_train.txt /tmp/a670k_test.txt --epochs 2 --threads 2
+
+Trains ``[SparseInput(), LSH(...)]`` MLPs (hidden 128) with ``fit`` for each table-upkeep
+schedule and prints the fit time, samples/s, the number of table rebuilds and the held-out P@1 /
+P@5 (exact top-k). Make the files with ``make_extreme_classification`` + ``dump_xc`` as in
+bench/RESULTS-lsh.md.
+"""
+
+import argparse
+import time
+import warnings
+
+import fastfire
+from fastfire import LSH, SparseInput
+from fastfire.datasets import load_xc
+from fastfire.metrics import precision_at_k
+
+SCHEDULES = {
+    "fixed2048": {"rehash": "fixed", "rehash_every": 2048},
+    "decay": {},  # the default: every 6,400 samples, the period growing x1.5 per rebuild
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("train")
+    parser.add_argument("test")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--schedules", default="fixed2048,decay")
+    args = parser.parse_args(argv)
+    fastfire.show_config()
+    X, Y = load_xc(args.train)
+    Xt, Yt = load_xc(args.test)
+    for name in args.schedules.split(","):
+        clf = fastfire.MLPClassifier(
+            (128,), batch_size=128, max_iter=args.epochs, random_state=0, n_jobs=args.threads,
+            selection=[SparseInput(), LSH(random_state=0, **SCHEDULES[name])],
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            clf.fit(X, Y)
+            seconds = time.perf_counter() - start
+        top, _ = clf.predict_topk(Xt, 5)
+        print(f"{name}: fit {seconds:.0f} s ({args.epochs * X.shape[0] / seconds:.0f} samples/s), "
+              f"{clf._network.layers[-1].n_rebuilds} table rebuilds, test P@1 "
+              f"{precision_at_k(Yt, top, 1):.4f} P@5 {precision_at_k(Yt, top, 5):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
