@@ -33,6 +33,7 @@ cdef enum:
 # GEMM blocks start on multiples of this many rows/columns, so that OpenBLAS's micro-kernel tiles
 # stay full and column blocks of C start on cache-line boundaries.
 cdef int _GEMM_ALIGN = 16
+cdef int _GEMM_SHORT_K = 32
 
 
 cdef inline int _clamp_threads(int n_threads) noexcept nogil:
@@ -131,8 +132,11 @@ cdef void _gemm_blocked(bint trans_a, bint trans_b, int m, int n, int k, float a
                         float* C, int n_threads) noexcept nogil:
     """Row-major C (m x n, contiguous) = alpha op(A) op(B) + beta C in n_threads blocks of C."""
     # Aᵀ·D (weight gradients) with wide C scales better split by rows (measured: 784x128 @ 128x1024
-    # at 2 threads 1.7-2.0 ms by rows vs 2.4 ms by columns; by columns at 256 columns).
-    cdef bint split_rows = m >= n or (trans_a and n >= 512)
+    # at 2 threads 1.7-2.0 ms by rows vs 2.4 ms by columns; by columns at 256 columns). With a short
+    # k (an input gradient through a narrow output layer, 128x10 @ 10x1024) the product is a pass
+    # over C: split by rows, each thread writes whole rows, which the next row-parallel kernel
+    # (the activation's gradient) then finds in its own cache.
+    cdef bint split_rows = m >= n or (trans_a and n >= 512) or k < _GEMM_SHORT_K
     cdef int dim = m if split_rows else n
     cdef int ldc = n
     cdef int n_blocks, block, b, start, stop

@@ -95,10 +95,11 @@ def test_gemm_k_zero_scales_by_beta():
 
 
 def test_gemm_thread_blocks_cover_C_exactly():
-    # a shape whose blocks do not divide evenly, both split directions; compare to 1 thread
+    # shapes whose blocks do not divide evenly, both split directions (a short k splits by rows
+    # even when C is wide); compare to 1 thread
     rng = np.random.default_rng(3)
-    for m, n in [(97, 13), (13, 97), (200, 200)]:
-        A, B = _rand(rng, m, 31), _rand(rng, 31, n)
+    for m, n, k in [(97, 13, 31), (13, 97, 40), (200, 200, 31), (40, 300, 10)]:
+        A, B = _rand(rng, m, k), _rand(rng, k, n)
         C1 = np.empty((m, n), np.float32)
         _dense.gemm(A, B, C1, n_threads=1)
         for t in (2, 3, 7):
