@@ -7,11 +7,16 @@ run; medians of several runs at each thread count. Example (the headline of benc
         --threads 1,2 --repeats 3
 
 Fashion-MNIST is found through FASTFIRE_DATA (see fastfire.datasets); ``--dataset digits``
-needs no download. PyTorch is used when importable (``pip install torch``).
+needs no download. PyTorch is used when installed (``pip install torch``); it runs in a child
+process, because importing torch in this process loads torch's own OpenMP runtime, which
+fastfire's kernels would then use too (it changes fastfire's times by 10-15%).
 """
 
 import argparse
+import functools
+import importlib.util
 import json
+import subprocess
 import statistics
 import sys
 import time
@@ -22,7 +27,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from threadpoolctl import threadpool_limits
 
-import fastfire
+# fastfire is imported inside the functions that use it, so that the PyTorch child process
+# loads torch (and its OpenMP runtime) before anything else, as a torch-only program does.
 
 
 def load(dataset):
@@ -47,6 +53,8 @@ def _split(X, y):
 
 
 def run_fastfire(data, hidden, epochs, batch_size, threads, seed):
+    import fastfire
+
     X, y, X_test, y_test = data
     clf = fastfire.MLPClassifier((hidden,), batch_size=batch_size, max_iter=epochs, tol=0,
                                  n_iter_no_change=epochs + 1, random_state=seed, n_jobs=threads)
@@ -75,32 +83,55 @@ def run_sklearn_float64(data, hidden, epochs, batch_size, threads, seed):
                        hidden, epochs, batch_size, threads, seed)
 
 
-def run_torch(data, hidden, epochs, batch_size, threads, seed):
-    import torch
+def run_torch(data, hidden, epochs, batch_size, threads, seed, dataset):
+    """PyTorch CPU on the same network and data, in a child process (see the module docstring)."""
+    request = dict(dataset=dataset, hidden=hidden, epochs=epochs, batch_size=batch_size,
+                   threads=threads, seed=seed)
+    child = subprocess.run([sys.executable, __file__, "--torch-worker", json.dumps(request)],
+                           capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        raise RuntimeError(f"the PyTorch child process failed:\n{child.stderr}")
+    seconds, accuracy = json.loads(child.stdout.strip().splitlines()[-1])
+    return seconds, accuracy
 
-    X, y, X_test, y_test = data
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)
-    )
-    # scikit-learn's L2 term alpha=1e-4 is added to the gradient divided by the batch size.
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4 / batch_size)
-    loss_fn = torch.nn.CrossEntropyLoss()
+
+def _torch_worker(request):
+    """Body of the PyTorch child process: train, print ``[seconds, accuracy]`` as JSON."""
+    import torch  # before fastfire (whose loader ``load`` uses): torch's own OpenMP runtime
+
+    request = json.loads(request)
+    X, y, X_test, y_test = load(request["dataset"])
+    hidden, epochs, batch_size = request["hidden"], request["epochs"], request["batch_size"]
+    seed = request["seed"]
+    torch.set_num_threads(request["threads"])
+
+    def make_model():
+        return torch.nn.Sequential(
+            torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)
+        )
+
+    def train(model, epochs, n_rows, generator):
+        # scikit-learn's L2 term alpha=1e-4 is added to the gradient divided by the batch size.
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4 / batch_size)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        for _ in range(epochs):
+            order = torch.randperm(n_rows, generator=generator)
+            for i in range(0, n_rows, batch_size):
+                idx = order[i:i + batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(X_t[idx]), y_t[idx]).backward()
+                optimizer.step()
+
     X_t, y_t = torch.from_numpy(X), torch.from_numpy(np.asarray(y, dtype=np.int64))
-    generator = torch.Generator().manual_seed(seed)
+    train(make_model(), 1, 4 * batch_size, torch.Generator())  # pays torch's lazy initialisation
+    torch.manual_seed(seed)
+    model = make_model()
     start = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(X_t), generator=generator)
-        for i in range(0, len(X_t), batch_size):
-            idx = order[i:i + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(X_t[idx]), y_t[idx]).backward()
-            optimizer.step()
+    train(model, epochs, len(X_t), torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
     with torch.no_grad():
         accuracy = (model(torch.from_numpy(X_test)).argmax(1).numpy() == y_test).mean()
-    return seconds, float(accuracy)
+    print(json.dumps([seconds, float(accuracy)]))
 
 
 def run_gemm_bound(data, hidden, epochs, batch_size, threads, seed):
@@ -142,13 +173,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     impls = ["fastfire", "scikit-learn", "sklearn-float64", "gemm-bound"]
+    runners = dict(RUNNERS, pytorch=functools.partial(run_torch, dataset=args.dataset))
     if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-
+        if importlib.util.find_spec("torch") is not None:
             impls.insert(3, "pytorch")
-        except ImportError:
-            print("PyTorch not importable: skipped", file=sys.stderr)
+        else:
+            print("PyTorch not installed: skipped", file=sys.stderr)
+
+    import fastfire
 
     data = load(args.dataset)
     fastfire.show_config()
@@ -169,7 +201,7 @@ def main(argv=None):
             for impl in impls:
                 slow = impl.startswith(("scikit", "sklearn"))
                 repeats = args.sklearn_repeats if slow and args.sklearn_repeats else args.repeats
-                runs = [RUNNERS[impl](data, hidden, args.epochs, args.batch_size, threads, seed)
+                runs = [runners[impl](data, hidden, args.epochs, args.batch_size, threads, seed)
                         for seed in range(repeats)]
                 seconds = statistics.median(r[0] for r in runs) / args.epochs
                 accuracy = statistics.median(r[1] for r in runs)
@@ -193,4 +225,7 @@ def _small(data):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--torch-worker"]:
+        _torch_worker(sys.argv[2])
+    else:
+        sys.exit(main())
