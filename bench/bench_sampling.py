@@ -128,6 +128,74 @@ def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed, specs
     return out
 
 
+PHASES = ("f0", "f1", "f2", "loss", "b2", "act", "b1", "b0", "adam", "total")
+
+
+def _timed_step(net, opt, alpha, xb, yb, threads, acc):
+    """``Network.train_step`` of a 3-layer MLP, phase by phase, adding seconds to ``acc``:
+    forward of each layer (f0-f2), loss, backward of each layer (b2-b0: its weight gradient and,
+    but for the first, its input gradient), activation backward (act), Adam, and the total."""
+    from fastfire.nn.active import ActiveSet
+
+    clock = time.perf_counter
+    t0 = clock()
+    acts = [ActiveSet.from_dense(xb)]
+    for i, layer in enumerate(net.layers):
+        a = clock()
+        acts.append(layer.forward(acts[-1], threads, True))
+        acc[f"f{i}"] += clock() - a
+    a = clock()
+    _, delta = net.loss.loss_and_delta(acts[-1], yb, threads)
+    acc["loss"] += clock() - a
+    for i in range(len(net.layers) - 1, -1, -1):
+        a = clock()
+        grad = net.layers[i].backward(delta, threads, need_input_grad=i > 0)
+        acc[f"b{i}"] += clock() - a
+        if i > 0:
+            a = clock()
+            net.layers[i - 1].activation_backward(acts[i], grad, threads)
+            acc["act"] += clock() - a
+            delta = grad
+    a = clock()
+    n = len(net.layers)
+    opt.step(net.params, net.grads, [alpha / len(yb)] * n + [0.0] * n, threads)
+    acc["adam"] += clock() - a
+    acc["total"] += clock() - t0
+
+
+def phase_timing(specs, threads, X, y, rounds, steps, seed):
+    """Interleaved per-phase timing of training steps (see :func:`_timed_step`): every round
+    runs ``steps`` steps of each configuration in turn. Returns {config: {phase: [us per
+    step, one per round]}}."""
+    import warnings
+
+    from threadpoolctl import threadpool_limits
+
+    specs = ["dense"] + [c for c in specs if c != "dense"]
+    models = {}
+    for c in specs:
+        clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
+                            random_state=seed, n_jobs=threads, selection=parse_selection(c, seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X[:1000], y[:1000])
+        models[c] = clf
+    rng = np.random.RandomState(seed)
+    batches = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
+    batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in batches]
+    out = {c: {k: [] for k in PHASES} for c in specs}
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(rounds):
+            for c in specs:
+                clf = models[c]
+                acc = dict.fromkeys(PHASES, 0.0)
+                for xb, yb in batches:
+                    _timed_step(clf._network, clf._optimizer, clf.alpha, xb, yb, threads, acc)
+                for k in PHASES:
+                    out[c][k].append(acc[k] / steps * 1e6)
+    return out
+
+
 def epoch_timing(specs, threads, epochs, X, y, Xt, yt, seed):
     """Interleaved training: every configuration trains one epoch in turn (``warm_start`` fits
     of one epoch each, with one ``RandomState`` per configuration carried across the fits, so
@@ -174,6 +242,9 @@ def main(argv=None):
     p.add_argument("--epoch-timing", action="store_true",
                    help="with --configs: train all configurations side by side, one epoch each "
                         "in turn; per-epoch time ratios vs dense and final test accuracies")
+    p.add_argument("--phase-timing", action="store_true",
+                   help="with --configs: interleaved per-phase timing of training steps (us per "
+                        "step: forward/backward of each layer, loss, activations, Adam)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=40)
     args = p.parse_args(argv)
@@ -206,6 +277,26 @@ def main(argv=None):
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")
+        return
+
+    if args.phase_timing:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            res = phase_timing(args.configs.split(";"), threads, X, y, args.rounds, args.steps,
+                               args.seed)
+            base = res["dense"]["total"]
+            print(f"threads={threads}: us per step, median over {args.rounds} rounds of "
+                  f"{args.steps} steps")
+            print(f"{'config':>48}" + "".join(f"{k:>7}" for k in PHASES) + "  speed-up")
+            for spec, phases in res.items():
+                med = {k: statistics.median(v) for k, v in phases.items()}
+                speed = statistics.median([b / t for b, t in zip(base, phases["total"])])
+                print(f"{spec:>48}" + "".join(f"{med[k]:7.0f}" for k in PHASES) + f"  {speed:.2f}x",
+                      flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"kind": "phase_timing", "config": spec,
+                                            "threads": threads, "us_per_step": phases,
+                                            "median_us": med, "median_speedup": speed}) + "\n")
         return
 
     if args.epoch_timing:
