@@ -25,8 +25,23 @@ from fastfire.datasets import load_fashion_mnist
 from fastfire.nn.sampling import ColumnRowSampling
 
 
-def run(scheme, ratio, mode, threads, epochs, X, y, Xt, yt, seed, dense_output=False):
-    if scheme == "dense":
+def parse_selection(spec, seed):
+    """A ``--configs`` entry as the estimator's ``selection``: ``"dense"``,
+    ``"scheme:ratio:mode"`` (every layer), or one such spec per weight layer joined by ``/``
+    (e.g. ``topk:0.3:backward/topk:0.3:backward/dense``)."""
+    def one(part):
+        if part == "dense":
+            return "dense"
+        scheme, ratio, mode = part.split(":")
+        return ColumnRowSampling(scheme=scheme, ratio=float(ratio), mode=mode, random_state=seed)
+    parts = spec.split("/")
+    return one(parts[0]) if len(parts) == 1 else [one(q) for q in parts]
+
+
+def run(scheme, ratio, mode, threads, epochs, X, y, Xt, yt, seed, dense_output=False, spec=None):
+    if spec is not None:
+        selection = parse_selection(spec, seed)
+    elif scheme == "dense":
         selection = "dense"
     else:
         selection = ColumnRowSampling(scheme=scheme, ratio=ratio, mode=mode, random_state=seed)
@@ -45,7 +60,7 @@ def run(scheme, ratio, mode, threads, epochs, X, y, Xt, yt, seed, dense_output=F
     total = time.perf_counter() - t0
     epoch_times = [float(t) for t in re.findall(r"time = ([0-9.]+)s", buf.getvalue())]
     layers = clf._network.layers
-    if scheme == "dense":
+    if selection == "dense":
         frac = 1.0
     else:
         # exact layers (a dense output layer) count their full training products
@@ -60,15 +75,17 @@ def run(scheme, ratio, mode, threads, epochs, X, y, Xt, yt, seed, dense_output=F
                 exact += macs
         frac = done / exact
     return {
-        "scheme": scheme, "ratio": ratio, "mode": mode if scheme != "dense" else "-",
+        "scheme": scheme if spec is None else spec, "ratio": ratio,
+        "mode": mode if scheme != "dense" else "-",
         "threads": threads, "epochs": epochs, "n_train": int(X.shape[0]),
         "test_accuracy": float(clf.score(Xt, yt)), "mac_fraction": frac,
         "epoch_seconds": epoch_times, "median_epoch_s": statistics.median(epoch_times),
         "total_s": total, "final_loss": clf.loss_, "dense_output": bool(dense_output),
+        "config": spec,
     }
 
 
-def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed):
+def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed, specs=None):
     """Interleaved per-step timing: every round times ``steps`` training steps of each
     configuration in turn (dense first), so slow drifts of a shared machine hit all alike.
     Returns {config: [ms per step, one per round]}."""
@@ -76,18 +93,25 @@ def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed):
 
     from fastfire.nn.active import ActiveSet
 
-    configs = [("dense", 1.0)] + [(s, r) for s in schemes if s != "dense" for r in ratios]
+    if specs is not None:  # --configs: keys are the spec strings, "dense" first
+        configs = ["dense"] + [c for c in specs if c != "dense"]
+    else:
+        configs = [("dense", 1.0)] + [(s, r) for s in schemes if s != "dense" for r in ratios]
     models = {}
-    for scheme, ratio in configs:
-        sel = "dense" if scheme == "dense" else ColumnRowSampling(scheme=scheme, ratio=ratio,
-                                                                   mode=mode, random_state=seed)
+    for c in configs:
+        if specs is not None:
+            sel = parse_selection(c, seed)
+        else:
+            scheme, ratio = c
+            sel = "dense" if scheme == "dense" else ColumnRowSampling(
+                scheme=scheme, ratio=ratio, mode=mode, random_state=seed)
         clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
                             random_state=seed, n_jobs=threads, selection=sel)
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf.fit(X[:1000], y[:1000])
-        models[(scheme, ratio)] = clf
+        models[c] = clf
     rng = np.random.RandomState(seed)
     batches = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
     batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in batches]
@@ -104,6 +128,99 @@ def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed):
     return out
 
 
+PHASES = ("f0", "f1", "f2", "loss", "b2", "act", "b1", "b0", "adam", "total")
+
+
+def _timed_step(net, opt, alpha, xb, yb, threads, acc):
+    """``Network.train_step`` of a 3-layer MLP, phase by phase, adding seconds to ``acc``:
+    forward of each layer (f0-f2), loss, backward of each layer (b2-b0: its weight gradient and,
+    but for the first, its input gradient), activation backward (act), Adam, and the total."""
+    from fastfire.nn.active import ActiveSet
+
+    clock = time.perf_counter
+    t0 = clock()
+    acts = [ActiveSet.from_dense(xb)]
+    for i, layer in enumerate(net.layers):
+        a = clock()
+        acts.append(layer.forward(acts[-1], threads, True))
+        acc[f"f{i}"] += clock() - a
+    a = clock()
+    _, delta = net.loss.loss_and_delta(acts[-1], yb, threads)
+    acc["loss"] += clock() - a
+    for i in range(len(net.layers) - 1, -1, -1):
+        a = clock()
+        grad = net.layers[i].backward(delta, threads, need_input_grad=i > 0)
+        acc[f"b{i}"] += clock() - a
+        if i > 0:
+            a = clock()
+            net.layers[i - 1].activation_backward(acts[i], grad, threads)
+            acc["act"] += clock() - a
+            delta = grad
+    a = clock()
+    n = len(net.layers)
+    opt.step(net.params, net.grads, [alpha / len(yb)] * n + [0.0] * n, threads)
+    acc["adam"] += clock() - a
+    acc["total"] += clock() - t0
+
+
+def phase_timing(specs, threads, X, y, rounds, steps, seed):
+    """Interleaved per-phase timing of training steps (see :func:`_timed_step`): every round
+    runs ``steps`` steps of each configuration in turn. Returns {config: {phase: [us per
+    step, one per round]}}."""
+    import warnings
+
+    from threadpoolctl import threadpool_limits
+
+    specs = ["dense"] + [c for c in specs if c != "dense"]
+    models = {}
+    for c in specs:
+        clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
+                            random_state=seed, n_jobs=threads, selection=parse_selection(c, seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X[:1000], y[:1000])
+        models[c] = clf
+    rng = np.random.RandomState(seed)
+    batches = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
+    batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in batches]
+    out = {c: {k: [] for k in PHASES} for c in specs}
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(rounds):
+            for c in specs:
+                clf = models[c]
+                acc = dict.fromkeys(PHASES, 0.0)
+                for xb, yb in batches:
+                    _timed_step(clf._network, clf._optimizer, clf.alpha, xb, yb, threads, acc)
+                for k in PHASES:
+                    out[c][k].append(acc[k] / steps * 1e6)
+    return out
+
+
+def epoch_timing(specs, threads, epochs, X, y, Xt, yt, seed):
+    """Interleaved training: every configuration trains one epoch in turn (``warm_start`` fits
+    of one epoch each, with one ``RandomState`` per configuration carried across the fits, so
+    each trains exactly as one ``max_iter=epochs`` fit would). Returns per configuration the
+    seconds of each epoch (the whole ``fit`` call: validation of the data, shuffling, batches)
+    and the test accuracy at the end."""
+    import warnings
+
+    specs = ["dense"] + [c for c in specs if c != "dense"]
+    models = {c: MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, solver="adam",
+                               max_iter=1, random_state=np.random.RandomState(seed),
+                               n_jobs=threads, selection=parse_selection(c, seed),
+                               warm_start=True, tol=0.0, n_iter_no_change=10**6)
+              for c in specs}
+    times = {c: [] for c in specs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(epochs):
+            for c in specs:
+                t0 = time.perf_counter()
+                models[c].fit(X, y)
+                times[c].append(time.perf_counter() - t0)
+    return {c: (times[c], float(models[c].score(Xt, yt)), models[c].loss_) for c in specs}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=20)
@@ -118,6 +235,16 @@ def main(argv=None):
                    help="sample the two hidden layers only; the output layer stays exact")
     p.add_argument("--step-timing", action="store_true",
                    help="interleaved per-step timing instead of training runs")
+    p.add_argument("--configs", default=None,
+                   help="semicolon-separated selections instead of --schemes/--ratios/--mode: "
+                        "'dense', 'scheme:ratio:mode', or per layer joined by '/' "
+                        "(e.g. 'dense;topk:0.3:backward/topk:0.3:backward/dense')")
+    p.add_argument("--epoch-timing", action="store_true",
+                   help="with --configs: train all configurations side by side, one epoch each "
+                        "in turn; per-epoch time ratios vs dense and final test accuracies")
+    p.add_argument("--phase-timing", action="store_true",
+                   help="with --configs: interleaved per-phase timing of training steps (us per "
+                        "step: forward/backward of each layer, loss, activations, Adam)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=40)
     args = p.parse_args(argv)
@@ -130,18 +257,78 @@ def main(argv=None):
 
     if args.step_timing:
         for threads in [int(t) for t in args.threads.split(",")]:
+            specs = args.configs.split(";") if args.configs else None
             res = step_timing(args.schemes.split(","), [float(r) for r in args.ratios.split(",")],
-                              args.mode, threads, X, y, args.rounds, args.steps, args.seed)
-            base = res[("dense", 1.0)]
-            for (scheme, ratio), ms in res.items():
+                              args.mode, threads, X, y, args.rounds, args.steps, args.seed, specs)
+            base = res["dense" if specs else ("dense", 1.0)]
+            for key, ms in res.items():
                 speed = [b / m for b, m in zip(base, ms)]
+                scheme, ratio = (key, None) if specs else key
+                label = (f"{key:>48}" if specs else
+                         f"{scheme:>15} ratio={ratio:<4} mode={args.mode:<22}")
                 row = {"kind": "step_timing", "scheme": scheme, "ratio": ratio, "mode": args.mode,
+                       "config": key if specs else None,
                        "threads": threads, "ms_per_step": ms, "median_ms": statistics.median(ms),
                        "speedup_vs_dense": speed, "median_speedup": statistics.median(speed)}
-                print(f"{scheme:>15} ratio={ratio:<4} mode={args.mode:<22} threads={threads} "
+                print(f"{label} threads={threads} "
                       f"{row['median_ms']:.2f} ms/step (min {min(ms):.2f}, max {max(ms):.2f}) "
                       f"speedup {row['median_speedup']:.2f}x (min {min(speed):.2f}, max {max(speed):.2f})",
                       flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+        return
+
+    if args.phase_timing:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            res = phase_timing(args.configs.split(";"), threads, X, y, args.rounds, args.steps,
+                               args.seed)
+            base = res["dense"]["total"]
+            print(f"threads={threads}: us per step, median over {args.rounds} rounds of "
+                  f"{args.steps} steps")
+            print(f"{'config':>48}" + "".join(f"{k:>7}" for k in PHASES) + "  speed-up")
+            for spec, phases in res.items():
+                med = {k: statistics.median(v) for k, v in phases.items()}
+                speed = statistics.median([b / t for b, t in zip(base, phases["total"])])
+                print(f"{spec:>48}" + "".join(f"{med[k]:7.0f}" for k in PHASES) + f"  {speed:.2f}x",
+                      flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"kind": "phase_timing", "config": spec,
+                                            "threads": threads, "us_per_step": phases,
+                                            "median_us": med, "median_speedup": speed}) + "\n")
+        return
+
+    if args.epoch_timing:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            res = epoch_timing(args.configs.split(";"), threads, args.epochs, X, y, Xt, yt,
+                               args.seed)
+            base, base_acc = res["dense"][0], res["dense"][1]
+            for spec, (secs, acc, loss) in res.items():
+                ratio = [b / s for b, s in zip(base, secs)]
+                row = {"kind": "epoch_timing", "config": spec, "threads": threads,
+                       "epochs": args.epochs, "n_train": int(X.shape[0]), "epoch_seconds": secs,
+                       "median_epoch_s": statistics.median(secs),
+                       "speedup_vs_dense": ratio, "median_speedup": statistics.median(ratio),
+                       "test_accuracy": acc, "delta_points": 100 * (acc - base_acc),
+                       "final_loss": loss}
+                print(f"{spec:>48} threads={threads} acc={acc:.4f} ({row['delta_points']:+.2f} pt) "
+                      f"epoch={row['median_epoch_s']:.3f}s (min {min(secs):.3f}, max {max(secs):.3f}) "
+                      f"speedup {row['median_speedup']:.3f}x (min {min(ratio):.2f}, "
+                      f"max {max(ratio):.2f})", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+        return
+
+    if args.configs:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            for spec in args.configs.split(";"):
+                row = run(None, None, None, threads, args.epochs, X, y, Xt, yt, args.seed, spec=spec)
+                print(f"{spec:>48} threads={threads} acc={row['test_accuracy']:.4f} "
+                      f"macs={row['mac_fraction']:.3f} epoch={row['median_epoch_s']:.2f}s "
+                      f"(min {min(row['epoch_seconds']):.2f}, max {max(row['epoch_seconds']):.2f}) "
+                      f"total={row['total_s']:.1f}s", flush=True)
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")

@@ -43,6 +43,32 @@ cdef enum:
     _UNIFORM = 4
 
 cdef int _ALIGN = 16
+# Scores, draws and gathers touch few floats per call; a thread joins one of them only for every
+# this many floats it would read (below that, the fork and join cost more than the work).
+cdef Py_ssize_t _AUX_GRAIN = 1 << 16
+
+
+cdef inline int _aux_threads(Py_ssize_t size, int n_threads) noexcept nogil:
+    """Threads for an auxiliary pass over ``size`` floats: at most one per ``_AUX_GRAIN``."""
+    cdef Py_ssize_t t = size // _AUX_GRAIN
+    if t < 1:
+        return 1
+    return <int> t if t < n_threads else n_threads
+
+
+cdef inline Py_ssize_t _row_parts(Py_ssize_t n_rows) noexcept nogil:
+    """Row blocks of a column-norm sweep: a fixed number for a given height (not the thread
+    count), so the float partial sums, and the samples chosen from them, are the same for every
+    number of threads."""
+    return max(<Py_ssize_t> 1, min(<Py_ssize_t> 8, n_rows // 64))
+
+
+def _set_aux_grain(Py_ssize_t grain):
+    """Experiment hook: floats per thread of the auxiliary passes (returns the previous value)."""
+    global _AUX_GRAIN
+    old = _AUX_GRAIN
+    _AUX_GRAIN = max(grain, 1)
+    return old
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,26 +117,44 @@ cdef void _row_sq_norms(const float* X, Py_ssize_t n_rows, Py_ssize_t ld, Py_ssi
 
 cdef void _col_sq_norms(const float* X, Py_ssize_t n_cols, Py_ssize_t ld, Py_ssize_t r0,
                         Py_ssize_t r1, double* out, int n_threads) noexcept nogil:
-    """out[c] = Σ_{r0 <= r < r1} X[r, c]²  (parallel over blocks of columns, row-wise sweeps)."""
-    cdef Py_ssize_t n_blocks = min(<Py_ssize_t> max(n_threads, 1), (n_cols + _ALIGN - 1) // _ALIGN)
+    """out[c] = Σ_{r0 <= r < r1} X[r, c]²  (rows split in blocks over threads, each block summing
+    whole rows into its own float partials: contiguous, vectorisable sweeps; the partials are
+    added in double, in block order)."""
+    cdef Py_ssize_t n_rows = r1 - r0
+    cdef Py_ssize_t n_parts = _row_parts(n_rows)
     cdef Py_ssize_t block, b, start, stop, r, c
     cdef const float* row
-    cdef double x
+    cdef float* acc
+    cdef float* partial
     if n_cols == 0:
         return
-    if n_blocks < 1:
-        n_blocks = 1
-    block = (n_cols + n_blocks - 1) // n_blocks
-    for b in prange(n_blocks, schedule="static", chunksize=1, num_threads=n_blocks):
-        start = b * block
-        stop = min(start + block, n_cols)
-        for c in range(start, stop):
-            out[c] = 0.0
+    if n_rows <= 0:
+        memset(out, 0, n_cols * sizeof(double))
+        return
+    partial = <float*> calloc(n_parts * n_cols, sizeof(float))
+    if partial == NULL:  # no scratch: one serial sweep in double
+        memset(out, 0, n_cols * sizeof(double))
         for r in range(r0, r1):
             row = X + r * ld
-            for c in range(start, stop):
-                x = row[c]
-                out[c] = out[c] + x * x
+            for c in range(n_cols):
+                out[c] += <double> row[c] * row[c]
+        return
+    block = (n_rows + n_parts - 1) // n_parts
+    for b in prange(n_parts, schedule="static", num_threads=min(<Py_ssize_t> n_threads, n_parts)):
+        acc = partial + b * n_cols
+        start = r0 + b * block
+        stop = min(start + block, r1)
+        for r in range(start, stop):
+            row = X + r * ld
+            for c in range(n_cols):
+                acc[c] = acc[c] + row[c] * row[c]
+    for c in range(n_cols):
+        out[c] = partial[c]
+    for b in range(1, n_parts):
+        acc = partial + b * n_cols
+        for c in range(n_cols):
+            out[c] += acc[c]
+    free(partial)
 
 
 cdef void _gather_rows(const float* X, Py_ssize_t ld, Py_ssize_t width, const index_t* idx,
@@ -146,6 +190,42 @@ cdef void _gather_cols(const float* X, Py_ssize_t ld, Py_ssize_t n_rows, const i
         else:
             for j in range(k):
                 dst[j] = scale[j] * src[idx[j]]
+
+
+cdef bint _gather_cols_norms(const float* X, Py_ssize_t ld, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                             const index_t* idx, Py_ssize_t k, float* out, double* norms,
+                             int n_threads) noexcept nogil:
+    """out[r, j] = X[r, idx[j]] (out is n_rows x k) and, in the same sweep over the rows,
+    norms[c] = Σ_r X[r, c]² for every column c (float partials per thread, added in double).
+    Returns False (nothing written) when the scratch cannot be allocated."""
+    cdef Py_ssize_t n_parts = _row_parts(n_rows)
+    cdef Py_ssize_t block, b, start, stop, r, c, j
+    cdef const float* src
+    cdef float* dst
+    cdef float* acc
+    cdef float* partial = <float*> calloc(max(n_parts * n_cols, <Py_ssize_t> 1), sizeof(float))
+    if partial == NULL:
+        return False
+    block = (n_rows + n_parts - 1) // n_parts
+    for b in prange(n_parts, schedule="static", num_threads=min(<Py_ssize_t> n_threads, n_parts)):
+        acc = partial + b * n_cols
+        start = b * block
+        stop = min(start + block, n_rows)
+        for r in range(start, stop):
+            src = X + r * ld
+            dst = out + r * k
+            for j in range(k):
+                dst[j] = src[idx[j]]
+            for c in range(n_cols):
+                acc[c] = acc[c] + src[c] * src[c]
+    for c in range(n_cols):
+        norms[c] = partial[c]
+    for b in range(1, n_parts):
+        acc = partial + b * n_cols
+        for c in range(n_cols):
+            norms[c] += acc[c]
+    free(partial)
+    return True
 
 
 cdef void _gemm_par(bint trans_a, bint trans_b, int m, int n, int k, float alpha,
@@ -327,7 +407,9 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
                    float[::1] a_buf,         # OUT (>= m*n,) gathered scaled op(A) columns
                    float[::1] b_buf,         # OUT (>= n*p,) gathered op(B) rows
                    double eps=0.1, double fraction=0.25, uint64_t seed=0, uint64_t counter=0,
-                   float alpha=1.0, int n_threads=1):
+                   float alpha=1.0, int n_threads=1,
+                   double[::1] b_norms=None,  # IN/OUT (n,) cache of op(B)'s squared row norms
+                   bint b_norms_valid=False):
     """``C ≈ alpha · op(A) @ op(B)`` from ``k`` of the ``n`` column-row pairs.
 
     Parameters
@@ -360,6 +442,20 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
     alpha : float, default=1.0
         Scale of the product.
     n_threads : int, default=1
+    b_norms : ndarray of float64 of shape (>= n,), default=None
+        A cache of the squared norms of the rows of ``op(B)`` (the columns of ``B`` when
+        ``trans_b``), for a ``B`` used again and again, such as a weight matrix. With
+        ``trans_b`` and ``b_norms_valid`` they are taken as the ``op(B)`` half of the scores
+        instead of a pass over ``B``; otherwise they are computed and stored. When the product
+        is sampled with ``trans_b``, the gather of the kept columns of ``B`` (a sweep over all
+        of ``B``'s rows) refills them with the norms of this call's ``B`` at no extra pass, for
+        the next call. Scores taken from a cache filled before ``B`` last changed (an optimizer
+        step) are one update stale: top-k keeps the largest scores of the previous weights,
+        and the unbiased schemes stay unbiased (their probabilities are fixed before the
+        draws, and the scales match them). ``"topk_estimated"`` estimates its scores on a
+        block of rows and neither reads nor writes the cache.
+    b_norms_valid : bool, default=False
+        Whether ``b_norms`` holds norms to use.
 
     Returns
     -------
@@ -387,6 +483,8 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
         raise ValueError(f"n_threads must be >= 1, got {n_threads}.")
     if k < 0:
         raise ValueError(f"sampled_matmul: k must be >= 0, got {k}.")
+    if b_norms is not None and b_norms.shape[0] < n:
+        raise ValueError(f"sampled_matmul: b_norms needs n={n} entries, got {b_norms.shape[0]}.")
     if m == 0 or p == 0:
         return 0, True
     cdef const float* a_ptr = &A[0, 0] if n > 0 else NULL
@@ -400,7 +498,11 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
     cdef double* sb = NULL
     cdef double* work = NULL
     cdef int* count = NULL
-    cdef bint failed = False
+    cdef double* cache = NULL  # b_norms
+    cdef bint reuse
+    if b_norms is not None and n > 0 and scheme != _TOPK_EST:
+        cache = &b_norms[0]
+    reuse = cache != NULL and trans_b and b_norms_valid
     if not exact:
         sa = <double*> malloc(n * sizeof(double))
         sb = <double*> malloc(n * sizeof(double))
@@ -420,14 +522,18 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
         if not exact:
             # squared norms of the columns of op(A) and rows of op(B)
             if trans_a:
-                _row_sq_norms(a_ptr, n, lda, r0a, r1a, sa, n_threads)
+                _row_sq_norms(a_ptr, n, lda, r0a, r1a, sa, _aux_threads(n * (r1a - r0a), n_threads))
             else:
-                _col_sq_norms(a_ptr, n, lda, r0a, r1a, sa, n_threads)
-            if trans_b:
-                _col_sq_norms(b_ptr, n, ldb, r0b, r1b, sb, n_threads)
+                _col_sq_norms(a_ptr, n, lda, r0a, r1a, sa, _aux_threads(n * (r1a - r0a), n_threads))
+            if reuse:
+                memcpy(sb, cache, n * sizeof(double))
+            elif trans_b:
+                _col_sq_norms(b_ptr, n, ldb, r0b, r1b, sb, _aux_threads(n * (r1b - r0b), n_threads))
             else:
-                _row_sq_norms(b_ptr, n, ldb, r0b, r1b, sb, n_threads)
-            for i in prange(n, schedule="static", num_threads=n_threads):
+                _row_sq_norms(b_ptr, n, ldb, r0b, r1b, sb, _aux_threads(n * (r1b - r0b), n_threads))
+            if cache != NULL and not reuse:
+                memcpy(cache, sb, n * sizeof(double))
+            for i in range(n):
                 sa[i] = sqrt(sa[i] * sb[i])
             for i in range(n):
                 total = total + sa[i]
@@ -435,15 +541,19 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
                 exact = True
         if not exact:
             n_kept = _select(scheme, sa, total, n, k, eps, seed, counter, &idx[0], &scale[0],
-                             work, count, n_threads)
+                             work, count, _aux_threads(16 * n, n_threads))
             if trans_a:
-                _gather_rows(a_ptr, lda, m, &idx[0], &scale[0], n_kept, &a_buf[0], n_threads)
+                _gather_rows(a_ptr, lda, m, &idx[0], &scale[0], n_kept, &a_buf[0], _aux_threads(m * n_kept, n_threads))
             else:
-                _gather_cols(a_ptr, lda, m, &idx[0], &scale[0], n_kept, &a_buf[0], n_threads)
-            if trans_b:
-                _gather_cols(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0], n_threads)
-            else:
-                _gather_rows(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0], n_threads)
+                _gather_cols(a_ptr, lda, m, &idx[0], &scale[0], n_kept, &a_buf[0], _aux_threads(m * n, n_threads))
+            if not trans_b:
+                _gather_rows(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0],
+                             _aux_threads(p * n_kept, n_threads))
+            elif cache == NULL or not _gather_cols_norms(b_ptr, ldb, p, n, &idx[0], n_kept,
+                                                         &b_buf[0], cache,
+                                                         _aux_threads(p * n, n_threads)):
+                _gather_cols(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0],
+                             _aux_threads(p * n, n_threads))
             _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n_kept, alpha,
                       &a_buf[0], <int> (m if trans_a else n_kept),
                       &b_buf[0], <int> (n_kept if trans_b else p), c_ptr, n_threads)

@@ -75,6 +75,12 @@ class ColumnRowSampling(Selector):
     -----
     A first layer fed sparse (CSR) input computes its products exactly.
 
+    In the ``"backward"`` mode the scores of the input gradient ``delta @ Wᵀ`` use column norms
+    of ``W`` taken in the previous step's gather (the gather reads all of ``W`` anyway): they
+    are one optimizer update stale, which saves a pass over ``W`` per step. Top-k then ranks
+    by the previous weights' norms; the unbiased schemes stay unbiased (their probabilities
+    are fixed before the draws and their scales match them).
+
     Examples
     --------
     >>> from fastfire import MLPClassifier
@@ -137,6 +143,10 @@ class SampledDenseLayer(DenseLayer):
         self._seed = selector.layer_seed(*coef.shape)
         self._counter = 0
         self._sample = None  # n_kept of the forward sample, None when the forward was exact
+        # squared norms of the columns of coef, refreshed by the gather of each sampled input
+        # gradient ("backward" mode) and used by the next one: scores one update stale
+        self._coef_col_norms = np.zeros(coef.shape[1], dtype=np.float64)
+        self._coef_col_norms_valid = False
         self._alloc(0)
         self.macs_done = 0
         self.macs_exact = 0
@@ -155,7 +165,8 @@ class SampledDenseLayer(DenseLayer):
         """Threads for the sampled kernels of a batch of ``n`` (one for small products)."""
         return int(max(1, min(n_threads, n * self.n_in * self.n_out // _GRAIN_MACS)))
 
-    def _product(self, A, B, C, trans_a, trans_b, k, alpha, n_threads):
+    def _product(self, A, B, C, trans_a, trans_b, k, alpha, n_threads, b_norms=None,
+                 b_norms_valid=False):
         self._counter += 1
         inner = A.shape[0] if trans_a else A.shape[1]
         if k >= inner:  # exact: the dense layer's own GEMM, bit for bit
@@ -168,7 +179,7 @@ class SampledDenseLayer(DenseLayer):
         n_kept, exact = sampled_matmul(
             A, B, C, trans_a, trans_b, self._scheme, k, self._idx, self._scale, self._a_buf,
             self._b_buf, s.epsilon, s.estimate_fraction, self._seed, self._counter, alpha,
-            n_threads,
+            n_threads, b_norms, b_norms_valid,
         )
         return n_kept, exact
 
@@ -234,17 +245,27 @@ class SampledDenseLayer(DenseLayer):
             return None
         self._input_grad, input_grad = self._rows(self._input_grad, n)
         k_out = effective_k(self.n_out, s.ratio, s.minimal_k)
-        n_kept, _ = self._product(delta, self.coef, input_grad, False, True, k_out, 1.0, n_threads)
+        n_kept, exact = self._product(delta, self.coef, input_grad, False, True, k_out, 1.0,
+                                      n_threads, self._coef_col_norms, self._coef_col_norms_valid)
+        self._coef_col_norms_valid = not exact
         self.macs_done += n * n_kept * self.n_in
         return input_grad
 
     def release_buffers(self):
         super().release_buffers()
         self._alloc(0)
+        self._coef_col_norms_valid = False
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_coef_col_norms" not in state:  # pickled before the norm cache existed
+            self._coef_col_norms = np.zeros(self.coef.shape[1], dtype=np.float64)
+            self._coef_col_norms_valid = False
 
     def __getstate__(self):
         state = super().__getstate__()
         for key in ("_idx", "_scale", "_a_buf", "_b_buf", "_grad_buf"):
             state[key] = state[key][:1].copy()
         state["_batch_cap"] = 0
+        state["_coef_col_norms_valid"] = False
         return state

@@ -241,3 +241,86 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="a_buf"):
         sampled_matmul(A, B, np.empty((3, 2), np.float32), False, False, 0, 2, np.empty(5, np.int32),
                        np.empty(5, np.float32), np.empty(2, np.float32), np.empty(10, np.float32))
+
+
+def _topk_ids(scores, k):
+    return np.sort(np.argsort(-scores, kind="stable")[:k])
+
+
+def test_tall_operands_sample_the_same_for_every_thread_count():
+    # column norms of 700 rows are summed in float blocks: a fixed split, whatever the threads
+    rng = np.random.default_rng(15)
+    m, n, p = 700, 120, 4
+    A, B, _, Bs = _operands(rng, m, n, p, trans_b=True)
+    runs = [_call(A, Bs, m, n, p, False, True, "bernoulli", 40, counter=2, n_threads=t,
+                  b_norms=np.zeros(n)) for t in (1, 2, 3)]
+    for C, idx, sc, _ in runs[1:]:
+        np.testing.assert_array_equal(idx, runs[0][1])
+        np.testing.assert_array_equal(sc, runs[0][2])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_column_norm_scores_on_tall_operands(n_threads):
+    # 300 rows: the column norms are summed in per-thread partials (rows split over threads)
+    rng = np.random.default_rng(11)
+    m, n, p = 300, 80, 5
+    A, B, _, Bs = _operands(rng, m, n, p, trans_b=True)
+    _, idx, _, _ = _call(A, Bs, m, n, p, False, True, "topk", 20, n_threads=n_threads)
+    s = np.linalg.norm(A.astype(np.float64), axis=0) * np.linalg.norm(B.astype(np.float64), axis=1)
+    np.testing.assert_array_equal(idx, _topk_ids(s, 20))
+
+
+@pytest.mark.parametrize("scheme", ["topk", "bernoulli"])
+def test_b_norms_cache_is_filled_then_reused_and_refreshed(scheme):
+    rng = np.random.default_rng(12)
+    m, n, p = 7, 50, 90
+    A, B, _, Bs = _operands(rng, m, n, p, trans_b=True)
+    cache = np.full(n, np.nan)
+    C0, idx0, sc0, _ = _call(A, Bs, m, n, p, False, True, scheme, 15, counter=1)
+    C1, idx1, sc1, _ = _call(A, Bs, m, n, p, False, True, scheme, 15, counter=1, b_norms=cache)
+    # an invalid cache changes nothing and is filled with the squared norms of op(B)'s rows
+    np.testing.assert_array_equal(idx0, idx1)
+    np.testing.assert_array_equal(C0, C1)
+    np.testing.assert_allclose(cache, (B.astype(np.float64) ** 2).sum(1), rtol=1e-5)
+    # B changes (an optimizer step): the valid cache steers the sample, the product uses the new B
+    B2 = B * rng.gamma(1.0, 1.0, (n, 1)).astype(np.float32)
+    B2s = np.ascontiguousarray(B2.T)
+    old = cache.copy()
+    C2, idx2, sc2, _ = _call(A, B2s, m, n, p, False, True, scheme, 15, counter=2, b_norms=cache,
+                             b_norms_valid=True)
+    np.testing.assert_allclose(C2, reference_sampled_product(A, B2, idx2, sc2), rtol=1e-5, atol=1e-5)
+    if scheme == "topk":
+        s_old = np.linalg.norm(A.astype(np.float64), axis=0) * np.sqrt(old)
+        np.testing.assert_array_equal(idx2, _topk_ids(s_old, 15))
+    # ... and the gather refilled the cache with the norms of the new B
+    np.testing.assert_allclose(cache, (B2.astype(np.float64) ** 2).sum(1), rtol=1e-5)
+
+
+def test_b_norms_cache_without_trans_b_is_recomputed():
+    rng = np.random.default_rng(13)
+    m, n, p = 6, 40, 8
+    A, B, _, _ = _operands(rng, m, n, p)
+    cache = np.ones(n)  # wrong norms marked valid: ignored when op(B) is B itself
+    C0, idx0, _, _ = _call(A, B, m, n, p, False, False, "topk", 10)
+    C1, idx1, _, _ = _call(A, B, m, n, p, False, False, "topk", 10, b_norms=cache, b_norms_valid=True)
+    np.testing.assert_array_equal(idx0, idx1)
+    np.testing.assert_array_equal(C0, C1)
+    np.testing.assert_allclose(cache, (B.astype(np.float64) ** 2).sum(1), rtol=1e-5)
+    with pytest.raises(ValueError, match="b_norms"):
+        _call(A, B, m, n, p, False, False, "topk", 10, b_norms=np.ones(n - 1))
+
+
+def test_bernoulli_with_stale_cached_norms_stays_unbiased():
+    # probabilities from norms that are not those of B (a stale cache): still unbiased
+    rng = np.random.default_rng(14)
+    m, n, p, T = 4, 30, 3, 3000
+    A, B, _, Bs = _operands(rng, m, n, p, trans_b=True)
+    stale = rng.gamma(1.0, 1.0, n) ** 2
+    Cs = []
+    for t in range(T):
+        cache = stale.copy()
+        Cs.append(_call(A, Bs, m, n, p, False, True, "bernoulli", 8, counter=t, b_norms=cache,
+                        b_norms_valid=True)[0])
+    Cs = np.array(Cs, dtype=np.float64)
+    z = (Cs.mean(0) - A.astype(np.float64) @ B) / (Cs.std(0, ddof=1) / np.sqrt(T))
+    assert np.abs(z).max() < 4.5, z

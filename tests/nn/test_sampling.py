@@ -104,6 +104,30 @@ def test_backward_mode_weight_gradient_is_unbiased():
     assert np.abs(z).max() < 4.5
 
 
+def test_backward_mode_input_gradient_scores_use_the_previous_weights():
+    # the column norms of W come from the previous step's gather: one update stale
+    layer, rng = _layer("backward", scheme="topk", ratio=0.5)
+    X = rng.random((16, 40)).astype(np.float32)
+    delta = rng.standard_normal((16, 30)).astype(np.float32)
+    layer.forward(ActiveSet.from_dense(X), 2, training=True)
+    layer.backward(delta, 2)
+    w_old = layer.coef.copy()
+    layer.coef *= rng.gamma(1.0, 1.0, 30).astype(np.float32)  # an "optimizer step"
+    layer.forward(ActiveSet.from_dense(X), 2, training=True)
+    grad_in = layer.backward(delta, 2)
+    s = np.linalg.norm(delta, axis=0) * np.linalg.norm(w_old, axis=0)
+    keep = np.sort(np.argsort(-s)[:15])
+    np.testing.assert_allclose(grad_in, delta[:, keep] @ layer.coef[:, keep].T, rtol=1e-5, atol=1e-5)
+    # a pickled layer starts from fresh norms
+    layer2 = pickle.loads(pickle.dumps(layer))
+    layer2.coef *= rng.gamma(1.0, 1.0, 30).astype(np.float32)
+    layer2.forward(ActiveSet.from_dense(X), 2, training=True)
+    grad_in = layer2.backward(delta, 2)
+    s = np.linalg.norm(delta, axis=0) * np.linalg.norm(layer2.coef, axis=0)
+    keep = np.sort(np.argsort(-s)[:15])
+    np.testing.assert_allclose(grad_in, delta[:, keep] @ layer2.coef[:, keep].T, rtol=1e-5, atol=1e-5)
+
+
 def test_prediction_is_exact():
     layer, rng = _layer("forward")
     X = rng.random((8, 40)).astype(np.float32)
