@@ -18,8 +18,20 @@ from fastfire.datasets import load_xc
 from fastfire.metrics import precision_at_k
 
 SCHEDULES = {
+    # the default since 2026-11-22: "auto" = at 670K labels "fixed" every 2,048 samples, tables
+    # from a random 19.6 % of the neurons (rebuild_sample="auto")
+    "auto": {},
+    "fixed1024": {"rehash": "fixed", "rehash_every": 1024},
+    "fixed2048-g2": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 0.5},
+    "fixed2048-g3": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1 / 3},
     "fixed2048": {"rehash": "fixed", "rehash_every": 2048},
-    "decay": {},  # the default: every 6,400 samples, the period growing x1.5 per rebuild
+    "fixed4096": {"rehash": "fixed", "rehash_every": 4096},
+    "fixed8192": {"rehash": "fixed", "rehash_every": 8192},
+    "decay": {"rehash": "decay"},  # every 6,400 samples, the period growing x1.5 per rebuild
+    # the same, hashing every neuron at each rebuild (the behaviour before 2026-11-22)
+    "fixed2048-full": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1.0},
+    "fixed4096-full": {"rehash": "fixed", "rehash_every": 4096, "rebuild_sample": 1.0},
+    "decay-full": {"rehash": "decay", "rebuild_sample": 1.0},
 }
 
 
@@ -29,10 +41,15 @@ def main(argv=None):
     parser.add_argument("test")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--schedules", default="fixed2048,decay")
+    parser.add_argument("--schedules", default="auto,fixed2048-full,decay-full",
+                        help=f"comma-separated, of {', '.join(SCHEDULES)}")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="train on the first this many rows only")
     args = parser.parse_args(argv)
     fastfire.show_config()
     X, Y = load_xc(args.train)
+    if args.samples is not None:
+        X, Y = X[:args.samples], Y[:args.samples]
     Xt, Yt = load_xc(args.test)
     for name in args.schedules.split(","):
         clf = fastfire.MLPClassifier(
