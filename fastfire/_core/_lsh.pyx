@@ -329,20 +329,31 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
                         int32_t[:, ::1] out,             # OUT (L, >= col0 + n), table-major
                         Py_ssize_t col0=0,
                         const int32_t[::1] tables=None,  # IN table of each K columns; None: 0..L-1
-                        int n_threads=1):
+                        int n_threads=1,
+                        const int32_t[::1] cols=None):   # IN (K * n_tables,) column of each bit
     """As :func:`simhash_from_projections`, written table-major: ``out[t, col0 + i]`` is the
     bucket of row ``i`` in table ``t`` (the layout :func:`build_tables` reads).
 
     ``tables``: the tables whose projections ``S`` holds, K columns each in that order (rows of
     ``out`` not listed are not written); the keys and folding are those of the listed tables.
+    ``cols``: bit ``k`` of the ``j``-th table is ``S[i, cols[j * K + k]] > 0`` instead (tables
+    sharing a pool of projections: ``S`` holds the pool, any width).
     """
     cdef Py_ssize_t n = S.shape[0], i
     cdef Py_ssize_t nt = L if tables is None else tables.shape[0]
     cdef int j, k, t
     cdef uint64_t key
     cdef bint listed = tables is not None
-    if S.shape[1] != K * nt or out.shape[0] != L or col0 < 0 or out.shape[1] < col0 + n:
+    cdef bint pooled = cols is not None
+    if (not pooled and S.shape[1] != K * nt) or out.shape[0] != L or col0 < 0 \
+            or out.shape[1] < col0 + n:
         raise ValueError(f"simhash_table_major: S must be (n, K * n_tables) and out ({L}, >= col0 + n).")
+    if pooled:
+        if cols.shape[0] != K * nt:
+            raise ValueError(f"simhash_table_major: cols must have K * n_tables = {K * nt} entries.")
+        for j in range(K * nt):
+            if cols[j] < 0 or cols[j] >= S.shape[1]:
+                raise ValueError(f"simhash_table_major: column {cols[j]} outside [0, {S.shape[1]}).")
     if K < 1 or K > 63 or not 0 <= range_pow <= 31:
         raise ValueError(f"simhash_table_major: bad K={K} or range_pow={range_pow}.")
     if tables is not None:
@@ -357,7 +368,10 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
             for j in range(nt):
                 key = 0
                 for k in range(K):
-                    key = (key << 1) | (1 if S[i, j * K + k] > 0 else 0)
+                    if pooled:
+                        key = (key << 1) | (1 if S[i, cols[j * K + k]] > 0 else 0)
+                    else:
+                        key = (key << 1) | (1 if S[i, j * K + k] > 0 else 0)
                 t = tables[j] if listed else j
                 if range_pow > 0:
                     key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)

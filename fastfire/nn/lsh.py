@@ -25,7 +25,11 @@ optimizer updates those rows (lazy Adam with per-row step counters). Prediction 
 
 Persistence. Hash functions are redrawn from the layer's seed and tables are rebuilt from the
 current weights when a model is loaded (``fastfire.load``) or unpickled: they are a pure function
-of (seed, weights), so nothing but the seed is stored. The seed is the selector's
+of (seed, weights, rebuild number), so nothing but the seed and that number are stored. The
+rebuild number only matters on wide layers, whose tables each hold a random group of the neurons
+(``rebuild_sample``): an unpickled layer rebuilds the same groups, a loaded model draws the
+groups of rebuild 0, so ``predict_topk(exact=False)`` may differ slightly after ``fastfire.load``
+there (exact prediction never uses the tables). The seed is the selector's
 ``random_state`` or, when that is None, one drawn from the estimator's ``random_state`` and kept
 in the estimator (``_selector_seeds``).
 """
@@ -184,6 +188,12 @@ class LSH(Selector):
         131,072 outputs with the defaults; 5 groups at 670,091). Where a table holds far fewer
         ids than there are neurons, the bucket policy drops most of them anyway
         (bench/RESULTS-lsh.md, "cheap rebuilds").
+    n_projections : int or None, default=None
+        SimHash only. None: ``k * l`` independent projections. An int: a pool of that many
+        projections shared by the tables, each table's ``k`` bits being ``k`` distinct
+        projections of the pool drawn at random; a rebuild then computes ``n_projections``
+        instead of ``k * l`` projections per neuron (the tables are correlated where they
+        share projections).
     loss : {"softmax", "logistic"}, default="softmax"
         Output loss over the active set (output layer): softmax with the target spread over
         the true labels (SLIDE), or independent logistic outputs. The model's outputs follow
@@ -215,7 +225,7 @@ class LSH(Selector):
                  threshold=2, label_forcing=True, min_active=1000, rehash="auto",
                  rehash_every=6400, rehash_growth=1.5, new_hashes_every=None,
                  change_threshold=0.1, change_sample=1000, rebuild_sample="auto",
-                 loss="softmax", deterministic=False, random_state=None):
+                 n_projections=None, loss="softmax", deterministic=False, random_state=None):
         self.hash = hash
         self.k = k
         self.l = l
@@ -236,6 +246,7 @@ class LSH(Selector):
         self.change_threshold = change_threshold
         self.change_sample = change_sample
         self.rebuild_sample = rebuild_sample
+        self.n_projections = n_projections
         self.loss = loss
         self.deterministic = deterministic
         self.random_state = random_state
@@ -265,6 +276,7 @@ class LSH(Selector):
         _check_int("change_sample", self.change_sample, 1)
         if not (isinstance(self.rebuild_sample, str) and self.rebuild_sample == "auto"):
             _check_real("rebuild_sample", self.rebuild_sample, 0, 1, low_open=True)
+        _check_int("n_projections", self.n_projections, 1, 1 << 16, none_ok=True)
         _check_option("loss", self.loss, _LOSSES)
         if not isinstance(self.deterministic, (bool, np.bool_)):
             raise ValueError(f"The 'deterministic' parameter of LSH must be a bool. Got {self.deterministic!r} instead.")
@@ -394,11 +406,28 @@ class LSHLayer:
         d, K, L = self.n_in, sel.k, sel.l
         n_fn = K * L
         family = _FAMILIES[sel.hash]
-        if family == _lsh.SIMHASH:
+        pool_map = None
+        if sel.n_projections is not None and family != _lsh.SIMHASH:
+            raise ValueError("The 'n_projections' parameter of LSH applies to hash='simhash' only.")
+        if family == _lsh.SIMHASH and sel.n_projections is not None:
+            n_pool = sel.n_projections
+            if n_pool < K:
+                raise ValueError(f"The 'n_projections' parameter of LSH ({n_pool}) must be at "
+                                 f"least k ({K}).")
+            counts_p = np.maximum(1, rng.binomial(d, sel.density, n_pool))
+            idx_p = [np.sort(rng.choice(d, c, replace=False)) for c in counts_p]
+            val_p = [rng.choice(np.array([-1.0, 1.0], dtype=np.float32), c) for c in counts_p]
+            # table t's K bits: K distinct projections of the pool
+            pool_map = np.concatenate([rng.choice(n_pool, K, replace=False)
+                                       for _ in range(L)]).astype(np.int32)
+            counts = counts_p[pool_map]
+            fn_idx = np.concatenate([idx_p[h] for h in pool_map])
+            fn_val = np.concatenate([val_p[h] for h in pool_map])
+            key_space = 2 ** K
+        elif family == _lsh.SIMHASH:
             counts = np.maximum(1, rng.binomial(d, sel.density, n_fn))
             fn_idx = np.concatenate([np.sort(rng.choice(d, c, replace=False)) for c in counts])
             fn_val = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), fn_idx.size)
-            bits = K
             key_space = 2 ** K
         else:
             b = sel.bin_size
@@ -431,8 +460,14 @@ class LSHLayer:
             P[fn_idx, np.repeat(np.arange(n_fn), counts)] = fn_val
         else:
             P = None
+        pool_P = None
+        if P is not None and pool_map is not None:
+            # the pool's columns (P's columns are copies of them): rebuilds hash with this
+            first = np.unique(pool_map, return_index=True)
+            pool_P = np.zeros((d, sel.n_projections), dtype=np.float32)
+            pool_P[:, first[0]] = P[:, first[1]]
         self.family = {
-            "P": P,
+            "P": P, "pool_P": pool_P, "pool_map": pool_map,
             "family": family, "K": K, "L": L, "bin_size": sel.bin_size, "range_pow": fold,
             "seed": int(np.random.default_rng([self.seed, self.hash_draw, 7]).integers(2**63)),
             "fn_indptr": fn_indptr, "fn_idx": fn_idx, "fn_val": fn_val,
@@ -558,7 +593,16 @@ class LSHLayer:
         ``out[t, col0:col0 + len(rows)]``."""
         f = self.family
         n = rows.shape[0]
-        if f["P"] is not None and n:
+        if f.get("pool_P") is not None and n:
+            # tables sharing a pool of projections: one GEMM against the pool, bits picked
+            K = f["K"]
+            bits = f["pool_map"] if tables is None else \
+                f["pool_map"][(tables[:, None] * K + np.arange(K)).ravel()]
+            S = self._buffer("proj", (n, f["pool_P"].shape[1]), np.float32)
+            gemm(rows, f["pool_P"], S, n_threads=n_threads)
+            _lsh.simhash_table_major(S, K, f["L"], f["range_pow"], f["seed"], out, col0, tables,
+                                     n_threads, np.ascontiguousarray(bits, dtype=np.int32))
+        elif f["P"] is not None and n:
             P = f["P"]
             if tables is not None:
                 K = f["K"]

@@ -289,6 +289,31 @@ def test_simhash_table_major_is_the_transposed_row_major(n_threads):
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
+def test_simhash_table_major_from_a_pool_of_projections(n_threads):
+    rng = np.random.default_rng(3)
+    K, L, n, pool = 4, 6, 40, 9
+    Sp = rng.standard_normal((n, pool)).astype(np.float32)
+    cols = np.concatenate([rng.choice(pool, K, replace=False) for _ in range(L)]).astype(np.int32)
+    S = np.ascontiguousarray(Sp[:, cols])                 # the same bits, expanded
+    for range_pow in (0, 3):
+        ref = np.empty((L, n), np.int32)
+        _lsh.simhash_table_major(S, K, L, range_pow, 8, ref, 0, n_threads=n_threads)
+        out = np.empty((L, n), np.int32)
+        _lsh.simhash_table_major(Sp, K, L, range_pow, 8, out, 0, None, n_threads, cols)
+        np.testing.assert_array_equal(out, ref)
+        tabs = np.array([4, 0], np.int32)                  # a subset of the tables
+        sub = np.full((L, n), -1, np.int32)
+        _lsh.simhash_table_major(Sp, K, L, range_pow, 8, sub, 0, tabs, n_threads,
+                                 np.ascontiguousarray(cols.reshape(L, K)[tabs].ravel()))
+        np.testing.assert_array_equal(sub[tabs], ref[tabs])
+    with pytest.raises(ValueError, match="column 9"):
+        _lsh.simhash_table_major(Sp, K, L, 0, 8, out, 0, None, 1,
+                                 np.full(K * L, 9, np.int32))
+    with pytest.raises(ValueError, match="cols must"):
+        _lsh.simhash_table_major(Sp, K, L, 0, 8, out, 0, None, 1, cols[:-1].copy())
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
 def test_gather_rows(n_threads):
     W = np.arange(40, dtype=np.float32).reshape(10, 4)
     rows = np.array([3, 0, 9, 3], np.int32)

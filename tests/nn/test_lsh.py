@@ -297,6 +297,30 @@ def test_rebuild_sample_auto_splits_only_wide_layers():
     assert net.layers[-1].table_fraction() == 1.0 and net.layers[-1].table_neurons is None
 
 
+@pytest.mark.parametrize("rebuild_sample", [1.0, 0.5])
+def test_pool_of_projections_hashes_like_its_expanded_functions(rebuild_sample):
+    net, _, _ = _net(n_out=300, selectors=["dense", LSH(k=3, l=5, n_projections=4,
+                                                      rebuild_sample=rebuild_sample,
+                                                      capacity=1000, random_state=0)])
+    layer = net.layers[-1]
+    f = layer.family
+    assert f["pool_P"].shape == (10, 4) and f["pool_map"].shape == (15,)
+    for t in range(5):                                       # K distinct pool bits per table
+        assert len(set(f["pool_map"][3 * t:3 * t + 3])) == 3
+    np.testing.assert_array_equal(f["P"], f["pool_P"][:, f["pool_map"]])
+    # the rebuild (GEMM against the pool) agrees with hashing the rows one by one
+    fresh = layer.hash_rows(layer.Wt, 1)                     # (n, L) through the expanded P
+    offsets, ids = layer.tables
+    for t in range(5):
+        for b in range(layer.n_buckets):
+            members = ids[t, offsets[t, b]:offsets[t, b + 1]]
+            assert (fresh[members, t] == b).all()
+    with pytest.raises(ValueError, match="n_projections"):
+        _net(selectors=["dense", LSH(k=5, n_projections=4)])
+    with pytest.raises(ValueError, match="n_projections"):
+        _net(selectors=["dense", LSH(hash="dwta", n_projections=8)])
+
+
 def test_pickle_rebuilds_identical_tables():
     net, _, _ = _net(n_out=80, selectors=["dense", LSH(random_state=4)])
     layer = net.layers[-1]
@@ -336,6 +360,7 @@ def test_sparse_input_layer_gradient_rows():
     dict(new_hashes_every=0), dict(change_threshold=2.0), dict(loss="hinge"),
     dict(deterministic="yes"), dict(random_state=-1), dict(k=2.5), dict(label_forcing=1),
     dict(rebuild_sample=0.0), dict(rebuild_sample=1.5), dict(rebuild_sample="half"),
+    dict(n_projections=0), dict(n_projections=2.0),
 ])
 def test_bad_parameters_raise_naming_the_parameter(bad):
     name = next(iter(bad))
