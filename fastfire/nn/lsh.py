@@ -179,21 +179,24 @@ class LSH(Selector):
         Fraction of probed neurons whose bucket changed that triggers a rebuild.
     change_sample : int, default=1000
         Neurons probed by ``rehash="change"``.
-    rebuild_sample : float in (0, 1] or "auto", default="auto"
-        Fraction ``f`` of the neurons hashed into each table at a rebuild: the neurons are split
-        at random (anew at every rebuild) into ``G = round(1 / f)`` groups and group ``g`` fills
-        tables ``g, g + G, ...``, so every neuron is in ``L / G`` tables and a rebuild costs
-        about ``1 / G`` of hashing every neuron into every table. ``"auto"``: enough to fill a
-        table four times over, ``min(1, 4 * capacity * n_buckets / n_out)`` (every neuron up to
-        131,072 outputs with the defaults; 5 groups at 670,091). Where a table holds far fewer
-        ids than there are neurons, the bucket policy drops most of them anyway
-        (bench/RESULTS-lsh.md, "cheap rebuilds").
-    n_projections : int or None, default=None
+    rebuild_sample : float in (0, 1] or "auto", default=1.0
+        Fraction ``f`` of the neurons hashed into each table at a rebuild: below 1 the neurons
+        are split at random (anew at every rebuild) into ``G = round(1 / f)`` groups and group
+        ``g`` fills tables ``g, g + G, ...``, so every neuron is in ``L / G`` tables and a
+        rebuild costs about ``1 / G`` of hashing every neuron into every table. ``"auto"``:
+        ``min(1, 4 * capacity * n_buckets / n_out)`` (5 groups at 670,091 outputs). Cheaper,
+        but less accurate: at 670K labels P@1 0.698 with 5 groups vs 0.739 with every neuron
+        in every table (bench/RESULTS-lsh.md, "cheap rebuilds"); ``n_projections`` cuts the
+        cost without that loss.
+    n_projections : int, None or "auto", default="auto"
         SimHash only. None: ``k * l`` independent projections. An int: a pool of that many
         projections shared by the tables, each table's ``k`` bits being ``k`` distinct
         projections of the pool drawn at random; a rebuild then computes ``n_projections``
         instead of ``k * l`` projections per neuron (the tables are correlated where they
-        share projections).
+        share projections). ``"auto"``: ``max(k, k * l // 4)`` (64) on a layer with more than
+        ``4 * capacity * n_buckets`` neurons (131,072 with the defaults), None otherwise. At
+        670K labels a pool of 64 made a rebuild 1.6x cheaper than 256 projections and P@1 did
+        not drop (0.750 vs 0.739; bench/RESULTS-lsh.md, "cheap rebuilds").
     loss : {"softmax", "logistic"}, default="softmax"
         Output loss over the active set (output layer): softmax with the target spread over
         the true labels (SLIDE), or independent logistic outputs. The model's outputs follow
@@ -224,8 +227,8 @@ class LSH(Selector):
                  capacity=128, bucket_policy="reservoir", policy="topk", budget=500,
                  threshold=2, label_forcing=True, min_active=1000, rehash="auto",
                  rehash_every=6400, rehash_growth=1.5, new_hashes_every=None,
-                 change_threshold=0.1, change_sample=1000, rebuild_sample="auto",
-                 n_projections=None, loss="softmax", deterministic=False, random_state=None):
+                 change_threshold=0.1, change_sample=1000, rebuild_sample=1.0,
+                 n_projections="auto", loss="softmax", deterministic=False, random_state=None):
         self.hash = hash
         self.k = k
         self.l = l
@@ -276,7 +279,8 @@ class LSH(Selector):
         _check_int("change_sample", self.change_sample, 1)
         if not (isinstance(self.rebuild_sample, str) and self.rebuild_sample == "auto"):
             _check_real("rebuild_sample", self.rebuild_sample, 0, 1, low_open=True)
-        _check_int("n_projections", self.n_projections, 1, 1 << 16, none_ok=True)
+        if not (isinstance(self.n_projections, str) and self.n_projections == "auto"):
+            _check_int("n_projections", self.n_projections, 1, 1 << 16, none_ok=True)
         _check_option("loss", self.loss, _LOSSES)
         if not isinstance(self.deterministic, (bool, np.bool_)):
             raise ValueError(f"The 'deterministic' parameter of LSH must be a bool. Got {self.deterministic!r} instead.")
@@ -407,13 +411,8 @@ class LSHLayer:
         n_fn = K * L
         family = _FAMILIES[sel.hash]
         pool_map = None
-        if sel.n_projections is not None and family != _lsh.SIMHASH:
-            raise ValueError("The 'n_projections' parameter of LSH applies to hash='simhash' only.")
-        if family == _lsh.SIMHASH and sel.n_projections is not None:
-            n_pool = sel.n_projections
-            if n_pool < K:
-                raise ValueError(f"The 'n_projections' parameter of LSH ({n_pool}) must be at "
-                                 f"least k ({K}).")
+        n_pool = self.pool_size()
+        if family == _lsh.SIMHASH and n_pool is not None:
             counts_p = np.maximum(1, rng.binomial(d, sel.density, n_pool))
             idx_p = [np.sort(rng.choice(d, c, replace=False)) for c in counts_p]
             val_p = [rng.choice(np.array([-1.0, 1.0], dtype=np.float32), c) for c in counts_p]
@@ -464,7 +463,7 @@ class LSHLayer:
         if P is not None and pool_map is not None:
             # the pool's columns (P's columns are copies of them): rebuilds hash with this
             first = np.unique(pool_map, return_index=True)
-            pool_P = np.zeros((d, sel.n_projections), dtype=np.float32)
+            pool_P = np.zeros((d, n_pool), dtype=np.float32)
             pool_P[:, first[0]] = P[:, first[1]]
         self.family = {
             "P": P, "pool_P": pool_P, "pool_map": pool_map,
@@ -474,6 +473,36 @@ class LSHLayer:
             "ft_indptr": ft_indptr, "ft_fn": fn_of[order], "ft_val": fn_val[order],
         }
         self.n_buckets = n_buckets
+
+    def is_wide(self):
+        """True when one table holds a small part of the neurons: more than ``4 * capacity *
+        n_buckets`` of them (131,072 with the defaults). ``rehash``, ``n_projections`` and
+        ``rebuild_sample`` set to "auto" decide by it."""
+        sel = self.selector
+        if sel.hash == "simhash":
+            key_space = 2 ** sel.k
+        else:
+            key_space = (sel.bin_size + 1) ** sel.k
+        n_buckets = min(key_space, 2 ** sel.range_pow)
+        return 4 * sel.capacity * n_buckets < self.n_out
+
+    def pool_size(self):
+        """SimHash projections shared by the tables (``n_projections``); None: ``k * l``
+        independent ones. ``"auto"``: ``max(k, k * l // 4)`` (64 with the defaults) on a wide
+        layer (:meth:`is_wide`), None otherwise."""
+        sel = self.selector
+        pool = getattr(sel, "n_projections", None)      # selectors pickled before it existed
+        if pool == "auto":
+            wide = sel.hash == "simhash" and self.is_wide()
+            return max(sel.k, sel.k * sel.l // 4) if wide else None
+        if pool is None:
+            return None
+        if sel.hash != "simhash":
+            raise ValueError("The 'n_projections' parameter of LSH applies to hash='simhash' only.")
+        if pool < sel.k:
+            raise ValueError(f"The 'n_projections' parameter of LSH ({pool}) must be at least "
+                             f"k ({sel.k}).")
+        return pool
 
     def _family_args(self):
         f = self.family
@@ -504,7 +533,7 @@ class LSHLayer:
         sel, st = self.selector, self.upkeep
         rehash = sel.rehash
         if rehash == "auto":
-            wide = 4.0 * sel.capacity * self.n_buckets < self.n_out
+            wide = self.is_wide()
             rehash = "fixed" if wide else "decay"
             if wide:
                 st["period"] = min(sel.rehash_every, AUTO_WIDE_PERIOD)
@@ -521,7 +550,7 @@ class LSHLayer:
         at a fraction of the hashing. At the Amazon-670K shape (K=8: 256 buckets of 128) that is
         19.6 % of the neurons per table; up to 131,072 neurons it is all of them.
         """
-        frac = self.selector.rebuild_sample
+        frac = getattr(self.selector, "rebuild_sample", 1.0)
         if frac == "auto":
             frac = 4.0 * self.selector.capacity * self.n_buckets / max(self.n_out, 1)
         return min(1.0, float(frac))

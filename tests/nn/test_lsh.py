@@ -289,12 +289,30 @@ def test_rebuild_fills_each_table_from_a_random_group_of_neurons():
 
 def test_rebuild_sample_auto_splits_only_wide_layers():
     # "auto": f = min(1, 4 * capacity * n_buckets / n_out); k=2 gives 4 buckets
-    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5,
+                                                      rebuild_sample="auto", random_state=0)])
     layer = net.layers[-1]
     assert layer.table_fraction() == 4 * 5 * 4 / 400
     assert layer.table_neurons.shape == (6, 80)               # G = round(1 / 0.2) = 5 groups
-    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=100, random_state=0)])
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=100,
+                                                      rebuild_sample="auto", random_state=0)])
     assert net.layers[-1].table_fraction() == 1.0 and net.layers[-1].table_neurons is None
+    # the default hashes every neuron into every table, whatever the width
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    assert net.layers[-1].table_neurons is None
+
+
+def test_n_projections_auto_pools_only_on_wide_simhash_layers():
+    # wide beyond 4 * capacity * n_buckets = 4 * 5 * 4 = 80 neurons (k=2: 4 buckets)
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    layer = net.layers[-1]
+    assert layer.is_wide() and layer.pool_size() == 3        # max(k, k * l // 4)
+    assert layer.family["pool_P"].shape == (10, 3)
+    net, _, _ = _net(n_out=60, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    assert not net.layers[-1].is_wide() and net.layers[-1].family["pool_map"] is None
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(hash="dwta", k=2, l=6, bin_size=4,
+                                                      capacity=5, random_state=0)])
+    assert net.layers[-1].family["pool_map"] is None          # SimHash only
 
 
 @pytest.mark.parametrize("rebuild_sample", [1.0, 0.5])
