@@ -19,24 +19,23 @@ from fastfire import LSH, SparseInput
 from fastfire.datasets import load_xc
 from fastfire.metrics import precision_at_k
 
+_P256 = {"n_projections": None}   # k*l = 256 independent projections (before 2026-11-22)
+
 SCHEDULES = {
-    # the default since 2026-11-22: "auto" = at 670K labels "fixed" every 2,048 samples, tables
-    # from a random 19.6 % of the neurons (rebuild_sample="auto")
+    # the default since 2026-11-22 (commit 57048a7): at 670K labels "fixed" every 2,048
+    # samples, the tables' bits from a pool of 64 projections, every neuron in every table
     "auto": {},
-    "fixed1024": {"rehash": "fixed", "rehash_every": 1024},
-    "fixed2048-g2": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 0.5},
-    "fixed2048-g3": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1 / 3},
-    # every neuron in every table, the 32 tables' 8 bits drawn from a pool of 64 projections
     "fixed2048-pool64": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1.0,
                          "n_projections": 64},
-    "fixed2048": {"rehash": "fixed", "rehash_every": 2048},
-    "fixed4096": {"rehash": "fixed", "rehash_every": 4096},
-    "fixed8192": {"rehash": "fixed", "rehash_every": 8192},
-    "decay": {"rehash": "decay"},  # every 6,400 samples, the period growing x1.5 per rebuild
-    # the same, hashing every neuron at each rebuild (the behaviour before 2026-11-22)
-    "fixed2048-full": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1.0},
-    "fixed4096-full": {"rehash": "fixed", "rehash_every": 4096, "rebuild_sample": 1.0},
-    "decay-full": {"rehash": "decay", "rebuild_sample": 1.0},
+    # each table from a random group of the neurons (rebuild_sample), 256 projections
+    "fixed2048-g5": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": "auto", **_P256},
+    "fixed2048-g3": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1 / 3, **_P256},
+    "fixed2048-g2": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 0.5, **_P256},
+    # every neuron hashed into every table with 256 projections (the behaviour before 2026-11-22)
+    "fixed2048-full": {"rehash": "fixed", "rehash_every": 2048, "rebuild_sample": 1.0, **_P256},
+    "fixed4096-full": {"rehash": "fixed", "rehash_every": 4096, "rebuild_sample": 1.0, **_P256},
+    "fixed8192-full": {"rehash": "fixed", "rehash_every": 8192, "rebuild_sample": 1.0, **_P256},
+    "decay-full": {"rehash": "decay", "rebuild_sample": 1.0, **_P256},  # the old default
     "dense": None,  # selection="dense": every output computed (the accuracy reference)
 }
 
