@@ -55,9 +55,9 @@ _POLICIES = {"union": _lsh.UNION, "topk": _lsh.TOPK, "threshold": _lsh.THRESHOLD
 _BUCKET_POLICIES = {"fifo": _lsh.FIFO, "reservoir": _lsh.RESERVOIR}
 _REHASH = ("auto", "fixed", "decay", "change", "never")
 
-#: ``rehash="auto"`` on a wide layer (one whose tables are filled from a subset of its neurons,
-#: see :meth:`LSHLayer.table_fraction`): rebuild every this many training samples. At the
-#: Amazon-670K shape (bench/RESULTS-lsh.md, "table freshness"), held-out P@1 after 2 epochs
+#: ``rehash="auto"`` on a wide layer (:meth:`LSHLayer.is_wide`): rebuild every this many
+#: training samples. At the
+#: Amazon-670K shape (bench/RESULTS-lsh.md, "Cheap rebuilds"), held-out P@1 after 2 epochs
 #: was 0.739 with a rebuild every 2,048 samples, 0.666 every 4,096, 0.175 every 8,192 and 0.041
 #: with the decaying schedule.
 AUTO_WIDE_PERIOD = 2048
@@ -159,8 +159,8 @@ class LSH(Selector):
         "candidates": 600 labels, P@1 0.52 with 300 retrieved only, 0.77 with 300 random
         only, 0.80 with 150 retrieved + 150 random, 0.76 with every label active).
     rehash : {"auto", "decay", "fixed", "change", "never"}, default="auto"
-        Table upkeep. ``"auto"``: on a wide layer, whose tables hold a random subset of the
-        neurons (more than ``4 * capacity * n_buckets`` neurons, 131,072 with the defaults),
+        Table upkeep. ``"auto"``: on a wide layer, one whose tables can hold only a small part
+        of its neurons (more than ``4 * capacity * n_buckets`` neurons, 131,072 with the defaults),
         ``"fixed"`` every ``min(rehash_every, AUTO_WIDE_PERIOD)`` = 2,048 samples, because the
         weights of such a layer move away from their buckets fast (a decaying schedule let P@1
         at 670K labels collapse to 0.04, bench/RESULTS-lsh.md); on other layers ``"decay"``.
@@ -186,7 +186,7 @@ class LSH(Selector):
         rebuild costs about ``1 / G`` of hashing every neuron into every table. ``"auto"``:
         ``min(1, 4 * capacity * n_buckets / n_out)`` (5 groups at 670,091 outputs). Cheaper,
         but less accurate: at 670K labels P@1 0.698 with 5 groups vs 0.739 with every neuron
-        in every table (bench/RESULTS-lsh.md, "cheap rebuilds"); ``n_projections`` cuts the
+        in every table (bench/RESULTS-lsh.md, "Cheap rebuilds"); ``n_projections`` cuts the
         cost without that loss.
     n_projections : int, None or "auto", default="auto"
         SimHash only. None: ``k * l`` independent projections. An int: a pool of that many
@@ -196,7 +196,7 @@ class LSH(Selector):
         share projections). ``"auto"``: ``max(k, k * l // 4)`` (64) on a layer with more than
         ``4 * capacity * n_buckets`` neurons (131,072 with the defaults), None otherwise. At
         670K labels a pool of 64 made a rebuild 1.6x cheaper than 256 projections and P@1 did
-        not drop (0.750 vs 0.739; bench/RESULTS-lsh.md, "cheap rebuilds").
+        not drop (0.750 vs 0.739; bench/RESULTS-lsh.md, "Cheap rebuilds").
     loss : {"softmax", "logistic"}, default="softmax"
         Output loss over the active set (output layer): softmax with the target spread over
         the true labels (SLIDE), or independent logistic outputs. The model's outputs follow
