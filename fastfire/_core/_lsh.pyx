@@ -33,13 +33,14 @@ bucket ``b``. Memory is ``L * (n_buckets + 1 + n_neurons)`` int32: no ``n_bucket
 array. A bucket keeps at most ``capacity`` ids; neurons are inserted in id order and on overflow
 ``FIFO`` keeps the last ``capacity`` inserted (SLIDE's ring buffer), ``RESERVOIR`` a uniform sample
 (reservoir sampling with a counter-based RNG: the same tables for every thread count).
-Building runs in parallel over tables; hashing and queries in parallel over samples.
+Building reads the bucket ids table-major (``(L, n)``) and runs in parallel over tables; it may
+take a subset of the neurons (``neuron_ids``). Hashing and queries run in parallel over samples.
 """
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from fastfire._core._types cimport index_t, offset_t
 
@@ -323,41 +324,138 @@ def simhash_from_projections(const float[:, ::1] S,    # IN (n, K*L) projections
         free(codes)
 
 
+def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) projections
+                        int K, int L, int range_pow, uint64_t seed,
+                        int32_t[:, ::1] out,             # OUT (L, >= col0 + n), table-major
+                        Py_ssize_t col0=0,
+                        const int32_t[::1] tables=None,  # IN table of each K columns; None: 0..L-1
+                        int n_threads=1,
+                        const int32_t[::1] cols=None):   # IN (K * n_tables,) column of each bit
+    """As :func:`simhash_from_projections`, written table-major: ``out[t, col0 + i]`` is the
+    bucket of row ``i`` in table ``t`` (the layout :func:`build_tables` reads).
+
+    ``tables``: the tables whose projections ``S`` holds, K columns each in that order (rows of
+    ``out`` not listed are not written); the keys and folding are those of the listed tables.
+    ``cols``: bit ``k`` of the ``j``-th table is ``S[i, cols[j * K + k]] > 0`` instead (tables
+    sharing a pool of projections: ``S`` holds the pool, any width).
+    """
+    cdef Py_ssize_t n = S.shape[0], i
+    cdef Py_ssize_t nt = L if tables is None else tables.shape[0]
+    cdef int j, k, t
+    cdef uint64_t key
+    cdef bint listed = tables is not None
+    cdef bint pooled = cols is not None
+    if (not pooled and S.shape[1] != K * nt) or out.shape[0] != L or col0 < 0 \
+            or out.shape[1] < col0 + n:
+        raise ValueError(f"simhash_table_major: S must be (n, K * n_tables) and out ({L}, >= col0 + n).")
+    if pooled:
+        if cols.shape[0] != K * nt:
+            raise ValueError(f"simhash_table_major: cols must have K * n_tables = {K * nt} entries.")
+        for j in range(K * nt):
+            if cols[j] < 0 or cols[j] >= S.shape[1]:
+                raise ValueError(f"simhash_table_major: column {cols[j]} outside [0, {S.shape[1]}).")
+    if K < 1 or K > 63 or not 0 <= range_pow <= 31:
+        raise ValueError(f"simhash_table_major: bad K={K} or range_pow={range_pow}.")
+    if tables is not None:
+        for j in range(nt):
+            if tables[j] < 0 or tables[j] >= L:
+                raise ValueError(f"simhash_table_major: table {tables[j]} outside [0, {L}).")
+    _check_threads(n_threads)
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            for j in range(nt):
+                key = 0
+                for k in range(K):
+                    if pooled:
+                        key = (key << 1) | (1 if S[i, cols[j * K + k]] > 0 else 0)
+                    else:
+                        key = (key << 1) | (1 if S[i, j * K + k] > 0 else 0)
+                t = tables[j] if listed else j
+                if range_pow > 0:
+                    key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
+                out[t, col0 + i] = <int32_t> key
+
+
+def gather_rows(const float[:, ::1] W,        # IN (n_rows, d)
+                const int32_t[::1] rows,      # IN (m,) row ids
+                float[:, ::1] out,            # OUT (m, d)
+                int n_threads=1):
+    """``out[i] = W[rows[i]]`` (parallel over rows); row ids are checked."""
+    cdef Py_ssize_t m = rows.shape[0], d = W.shape[1], i
+    if out.shape[0] != m or out.shape[1] != d:
+        raise ValueError(f"gather_rows: out must be ({m}, {d}).")
+    for i in range(m):
+        if rows[i] < 0 or rows[i] >= W.shape[0]:
+            raise ValueError(f"gather_rows: row {rows[i]} outside [0, {W.shape[0]}).")
+    _check_threads(n_threads)
+    if m == 0 or d == 0:
+        return
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=n_threads):
+            memcpy(&out[i, 0], &W[rows[i], 0], d * sizeof(float))
+
+
 # --------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------
 
-def build_tables(const int32_t[:, ::1] buckets,   # IN (n_neurons, L)
+def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-major
                  int n_buckets, int capacity, int policy, uint64_t seed,
                  int32_t[:, ::1] offsets,         # OUT (L, n_buckets + 1)
-                 int32_t[:, ::1] ids,             # OUT (L, n_neurons)
+                 int32_t[:, ::1] ids,             # OUT (L, >= n): first offsets[t, -1] used
+                 const int32_t[:, ::1] neuron_ids=None,  # IN (L, n) ids of the columns; None: 0..n-1
                  int n_threads=1):
     """Fill the ``L`` bucketed tables from the neurons' bucket ids (parallel over tables).
 
-    Returns the number of neurons dropped because their bucket was full (all tables).
+    ``buckets[t, r]`` is the bucket of neuron ``r`` (or ``neuron_ids[t, r]``) in table ``t``: the
+    table-major layout lets each thread read its table's ids contiguously. Column ``r`` of table
+    ``t`` is inserted as neuron ``neuron_ids[t, r]`` (each table may hold its own subset of the
+    neurons; increasing ids keep FIFO's "last inserted" meaning), and the reservoir draws use
+    that id, so a subset gets the same random stream as the full build. Returns the number of neurons dropped because their bucket was
+    full (all tables).
     """
-    cdef Py_ssize_t n = buckets.shape[0], L = buckets.shape[1], t, r, b
+    cdef Py_ssize_t L = buckets.shape[0], n = buckets.shape[1], t, r, b
+    cdef bint mapped = neuron_ids is not None
     if offsets.shape[0] != L or offsets.shape[1] != n_buckets + 1:
         raise ValueError(f"build_tables: offsets must be ({L}, {n_buckets + 1}).")
-    if ids.shape[0] != L or ids.shape[1] != n:
-        raise ValueError(f"build_tables: ids must be ({L}, {n}).")
+    if ids.shape[0] != L or ids.shape[1] < n:
+        raise ValueError(f"build_tables: ids must be ({L}, >= {n}).")
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity}.")
     if policy not in (FIFO, RESERVOIR):
         raise ValueError(f"unknown bucket policy {policy}.")
+    if mapped:
+        if neuron_ids.shape[0] != L or neuron_ids.shape[1] != n:
+            raise ValueError(f"build_tables: neuron_ids must be ({L}, {n}).")
     _check_threads(n_threads)
+    cdef int32_t bad = 0
+    cdef int32_t* badp = &bad
+    cdef Py_ssize_t n_ids = ids.shape[1]
     cdef int32_t* seen
     cdef int32_t* off
-    cdef int32_t j, slot, total
+    cdef const int32_t* col
+    cdef int32_t j, slot, total, rid
     cdef int64_t dropped = 0
     cdef uint64_t u
     with nogil, parallel(num_threads=n_threads):
         seen = <int32_t*> malloc((n_buckets + 1) * sizeof(int32_t))
         for t in prange(L, schedule="dynamic", chunksize=1):
             off = &offsets[t, 0]
+            col = &buckets[t, 0] if n > 0 else NULL
             memset(seen, 0, (n_buckets + 1) * sizeof(int32_t))
             for r in range(n):
-                seen[buckets[r, t]] += 1
+                b = col[r]
+                if b < 0 or b >= n_buckets:
+                    badp[0] = 1
+                    break
+                if mapped and (neuron_ids[t, r] < 0 or neuron_ids[t, r] >= n_ids):
+                    badp[0] = 2
+                    break
+                seen[b] += 1
+            if badp[0]:
+                continue
             total = 0
             for b in range(n_buckets):
                 off[b] = total
@@ -369,7 +467,8 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (n_neurons, L)
                 seen[b] = 0
             off[n_buckets] = total
             for r in range(n):
-                b = buckets[r, t]
+                b = col[r]
+                rid = neuron_ids[t, r] if mapped else <int32_t> r
                 j = seen[b]
                 seen[b] = j + 1
                 if j < capacity:
@@ -377,12 +476,16 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (n_neurons, L)
                 elif policy == _FIFO:
                     slot = j % capacity
                 else:
-                    u = rand3(seed, <uint64_t> t, <uint64_t> r, 11) % <uint64_t> (j + 1)
+                    u = rand3(seed, <uint64_t> t, <uint64_t> rid, 11) % <uint64_t> (j + 1)
                     if u >= <uint64_t> capacity:
                         continue
                     slot = <int32_t> u
-                ids[t, off[b] + slot] = <int32_t> r
+                ids[t, off[b] + slot] = rid
         free(seen)
+    if bad == 1:
+        raise ValueError(f"build_tables: a bucket id lies outside [0, {n_buckets}).")
+    if bad:
+        raise ValueError(f"build_tables: a neuron id lies outside [0, {n_ids}).")
     return dropped
 
 

@@ -25,7 +25,11 @@ optimizer updates those rows (lazy Adam with per-row step counters). Prediction 
 
 Persistence. Hash functions are redrawn from the layer's seed and tables are rebuilt from the
 current weights when a model is loaded (``fastfire.load``) or unpickled: they are a pure function
-of (seed, weights), so nothing but the seed is stored. The seed is the selector's
+of (seed, weights, rebuild number), so nothing but the seed and that number are stored. The
+rebuild number only matters on wide layers, whose tables each hold a random group of the neurons
+(``rebuild_sample``): an unpickled layer rebuilds the same groups, a loaded model draws the
+groups of rebuild 0, so ``predict_topk(exact=False)`` may differ slightly after ``fastfire.load``
+there (exact prediction never uses the tables). The seed is the selector's
 ``random_state`` or, when that is None, one drawn from the estimator's ``random_state`` and kept
 in the estimator (``_selector_seeds``).
 """
@@ -49,7 +53,14 @@ __all__ = ["LSH", "LSHLayer", "SparseInput", "SparseInputLayer"]
 _FAMILIES = {"simhash": _lsh.SIMHASH, "wta": _lsh.WTA, "dwta": _lsh.DWTA}
 _POLICIES = {"union": _lsh.UNION, "topk": _lsh.TOPK, "threshold": _lsh.THRESHOLD}
 _BUCKET_POLICIES = {"fifo": _lsh.FIFO, "reservoir": _lsh.RESERVOIR}
-_REHASH = ("fixed", "decay", "change", "never")
+_REHASH = ("auto", "fixed", "decay", "change", "never")
+
+#: ``rehash="auto"`` on a wide layer (:meth:`LSHLayer.is_wide`): rebuild every this many
+#: training samples. At the
+#: Amazon-670K shape (bench/RESULTS-lsh.md, "Cheap rebuilds"), held-out P@1 after 2 epochs
+#: was 0.739 with a rebuild every 2,048 samples, 0.666 every 4,096, 0.175 every 8,192 and 0.041
+#: with the decaying schedule.
+AUTO_WIDE_PERIOD = 2048
 _LOSSES = {"softmax": SparseSoftmaxCrossEntropy, "logistic": SparseLogisticCrossEntropy}
 
 #: SimHash of dense inputs uses a GEMM against a dense copy of the projections when it has at
@@ -58,6 +69,21 @@ _GEMM_PROJECTION_FLOATS = 1 << 22
 
 #: Neurons hashed per call when the tables are rebuilt (bounds the projection buffer).
 _HASH_CHUNK_ROWS = 16384
+
+
+_BLAS_CONTROLLER = None
+
+
+def _single_threaded_blas():
+    """Context capping BLAS at one thread: the rebuild's GEMM is already split over
+    ``n_threads`` OpenMP blocks, and a multi-threaded BLAS inside each block oversubscribes the
+    cores (a 670K-neuron rebuild measured 2.2x slower at 2 threads without the cap)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _check_int(name, value, low, high=None, none_ok=False):
@@ -132,8 +158,13 @@ class LSH(Selector):
         at exact prediction time. Mixing both works best (measured in bench/RESULTS-lsh.md,
         "candidates": 600 labels, P@1 0.52 with 300 retrieved only, 0.77 with 300 random
         only, 0.80 with 150 retrieved + 150 random, 0.76 with every label active).
-    rehash : {"decay", "fixed", "change", "never"}, default="decay"
-        Table upkeep: rebuild every ``rehash_every`` training samples (``"fixed"``); the same
+    rehash : {"auto", "decay", "fixed", "change", "never"}, default="auto"
+        Table upkeep. ``"auto"``: on a wide layer, one whose tables can hold only a small part
+        of its neurons (more than ``4 * capacity * n_buckets`` neurons, 131,072 with the defaults),
+        ``"fixed"`` every ``min(rehash_every, AUTO_WIDE_PERIOD)`` = 2,048 samples, because the
+        weights of such a layer move away from their buckets fast (a decaying schedule let P@1
+        at 670K labels collapse to 0.04, bench/RESULTS-lsh.md); on other layers ``"decay"``.
+        Otherwise: rebuild every ``rehash_every`` training samples (``"fixed"``); the same
         with the period multiplied by ``rehash_growth`` after each rebuild (``"decay"``, the
         exponentially decaying frequency of the SLIDE paper); or check every ``rehash_every``
         samples the codes of ``change_sample`` random neurons and rebuild when more than
@@ -148,6 +179,24 @@ class LSH(Selector):
         Fraction of probed neurons whose bucket changed that triggers a rebuild.
     change_sample : int, default=1000
         Neurons probed by ``rehash="change"``.
+    rebuild_sample : float in (0, 1] or "auto", default=1.0
+        Fraction ``f`` of the neurons hashed into each table at a rebuild: below 1 the neurons
+        are split at random (anew at every rebuild) into ``G = round(1 / f)`` groups and group
+        ``g`` fills tables ``g, g + G, ...``, so every neuron is in ``L / G`` tables and a
+        rebuild costs about ``1 / G`` of hashing every neuron into every table. ``"auto"``:
+        ``min(1, 4 * capacity * n_buckets / n_out)`` (5 groups at 670,091 outputs). Cheaper,
+        but less accurate: at 670K labels P@1 0.698 with 5 groups vs 0.739 with every neuron
+        in every table (bench/RESULTS-lsh.md, "Cheap rebuilds"); ``n_projections`` cuts the
+        cost without that loss.
+    n_projections : int, None or "auto", default="auto"
+        SimHash only. None: ``k * l`` independent projections. An int: a pool of that many
+        projections shared by the tables, each table's ``k`` bits being ``k`` distinct
+        projections of the pool drawn at random; a rebuild then computes ``n_projections``
+        instead of ``k * l`` projections per neuron (the tables are correlated where they
+        share projections). ``"auto"``: ``max(k, k * l // 4)`` (64) on a layer with more than
+        ``4 * capacity * n_buckets`` neurons (131,072 with the defaults), None otherwise. At
+        670K labels a pool of 64 made a rebuild 1.6x cheaper than 256 projections and P@1 did
+        not drop (0.750 vs 0.739; bench/RESULTS-lsh.md, "Cheap rebuilds").
     loss : {"softmax", "logistic"}, default="softmax"
         Output loss over the active set (output layer): softmax with the target spread over
         the true labels (SLIDE), or independent logistic outputs. The model's outputs follow
@@ -176,10 +225,10 @@ class LSH(Selector):
 
     def __init__(self, hash="simhash", k=8, l=32, *, bin_size=8, density=1 / 3, range_pow=18,
                  capacity=128, bucket_policy="reservoir", policy="topk", budget=500,
-                 threshold=2, label_forcing=True, min_active=1000, rehash="decay",
+                 threshold=2, label_forcing=True, min_active=1000, rehash="auto",
                  rehash_every=6400, rehash_growth=1.5, new_hashes_every=None,
-                 change_threshold=0.1, change_sample=1000, loss="softmax", deterministic=False,
-                 random_state=None):
+                 change_threshold=0.1, change_sample=1000, rebuild_sample=1.0,
+                 n_projections="auto", loss="softmax", deterministic=False, random_state=None):
         self.hash = hash
         self.k = k
         self.l = l
@@ -199,6 +248,8 @@ class LSH(Selector):
         self.new_hashes_every = new_hashes_every
         self.change_threshold = change_threshold
         self.change_sample = change_sample
+        self.rebuild_sample = rebuild_sample
+        self.n_projections = n_projections
         self.loss = loss
         self.deterministic = deterministic
         self.random_state = random_state
@@ -226,6 +277,10 @@ class LSH(Selector):
         _check_int("new_hashes_every", self.new_hashes_every, 1, none_ok=True)
         _check_real("change_threshold", self.change_threshold, 0, 1)
         _check_int("change_sample", self.change_sample, 1)
+        if not (isinstance(self.rebuild_sample, str) and self.rebuild_sample == "auto"):
+            _check_real("rebuild_sample", self.rebuild_sample, 0, 1, low_open=True)
+        if not (isinstance(self.n_projections, str) and self.n_projections == "auto"):
+            _check_int("n_projections", self.n_projections, 1, 1 << 16, none_ok=True)
         _check_option("loss", self.loss, _LOSSES)
         if not isinstance(self.deterministic, (bool, np.bool_)):
             raise ValueError(f"The 'deterministic' parameter of LSH must be a bool. Got {self.deterministic!r} instead.")
@@ -247,6 +302,7 @@ class LSH(Selector):
     def after_update(self, layer):
         """Table upkeep after an optimizer step, by the ``rehash`` schedule."""
         st = layer.upkeep
+        rehash = st.get("schedule") or layer.resolve_schedule()
         n = layer.last_batch_size
         st["since_rehash"] += n
         st["since_new"] += n
@@ -255,15 +311,15 @@ class LSH(Selector):
             layer.build_tables()
             st["since_new"] = st["since_rehash"] = 0
             return
-        if self.rehash == "never" or st["since_rehash"] < st["period"]:
+        if rehash == "never" or st["since_rehash"] < st["period"]:
             return
         st["since_rehash"] = 0
-        if self.rehash == "change":
+        if rehash == "change":
             if layer.changed_fraction(self.change_sample) > self.change_threshold:
                 layer.build_tables()
             return
         layer.build_tables()
-        if self.rehash == "decay":
+        if rehash == "decay":
             st["period"] = int(math.ceil(st["period"] * self.rehash_growth))
 
 
@@ -310,6 +366,7 @@ class LSHLayer:
         self._reset_buffers()
         self.draw_hash_functions()
         self.build_tables()
+        self.resolve_schedule()
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -353,11 +410,23 @@ class LSHLayer:
         d, K, L = self.n_in, sel.k, sel.l
         n_fn = K * L
         family = _FAMILIES[sel.hash]
-        if family == _lsh.SIMHASH:
+        pool_map = None
+        n_pool = self.pool_size()
+        if family == _lsh.SIMHASH and n_pool is not None:
+            counts_p = np.maximum(1, rng.binomial(d, sel.density, n_pool))
+            idx_p = [np.sort(rng.choice(d, c, replace=False)) for c in counts_p]
+            val_p = [rng.choice(np.array([-1.0, 1.0], dtype=np.float32), c) for c in counts_p]
+            # table t's K bits: K distinct projections of the pool
+            pool_map = np.concatenate([rng.choice(n_pool, K, replace=False)
+                                       for _ in range(L)]).astype(np.int32)
+            counts = counts_p[pool_map]
+            fn_idx = np.concatenate([idx_p[h] for h in pool_map])
+            fn_val = np.concatenate([val_p[h] for h in pool_map])
+            key_space = 2 ** K
+        elif family == _lsh.SIMHASH:
             counts = np.maximum(1, rng.binomial(d, sel.density, n_fn))
             fn_idx = np.concatenate([np.sort(rng.choice(d, c, replace=False)) for c in counts])
             fn_val = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), fn_idx.size)
-            bits = K
             key_space = 2 ** K
         else:
             b = sel.bin_size
@@ -390,14 +459,50 @@ class LSHLayer:
             P[fn_idx, np.repeat(np.arange(n_fn), counts)] = fn_val
         else:
             P = None
+        pool_P = None
+        if P is not None and pool_map is not None:
+            # the pool's columns (P's columns are copies of them): rebuilds hash with this
+            first = np.unique(pool_map, return_index=True)
+            pool_P = np.zeros((d, n_pool), dtype=np.float32)
+            pool_P[:, first[0]] = P[:, first[1]]
         self.family = {
-            "P": P,
+            "P": P, "pool_P": pool_P, "pool_map": pool_map,
             "family": family, "K": K, "L": L, "bin_size": sel.bin_size, "range_pow": fold,
             "seed": int(np.random.default_rng([self.seed, self.hash_draw, 7]).integers(2**63)),
             "fn_indptr": fn_indptr, "fn_idx": fn_idx, "fn_val": fn_val,
             "ft_indptr": ft_indptr, "ft_fn": fn_of[order], "ft_val": fn_val[order],
         }
         self.n_buckets = n_buckets
+
+    def is_wide(self):
+        """True when one table holds a small part of the neurons: more than ``4 * capacity *
+        n_buckets`` of them (131,072 with the defaults). ``rehash``, ``n_projections`` and
+        ``rebuild_sample`` set to "auto" decide by it."""
+        sel = self.selector
+        if sel.hash == "simhash":
+            key_space = 2 ** sel.k
+        else:
+            key_space = (sel.bin_size + 1) ** sel.k
+        n_buckets = min(key_space, 2 ** sel.range_pow)
+        return 4 * sel.capacity * n_buckets < self.n_out
+
+    def pool_size(self):
+        """SimHash projections shared by the tables (``n_projections``); None: ``k * l``
+        independent ones. ``"auto"``: ``max(k, k * l // 4)`` (64 with the defaults) on a wide
+        layer (:meth:`is_wide`), None otherwise."""
+        sel = self.selector
+        pool = getattr(sel, "n_projections", None)      # selectors pickled before it existed
+        if pool == "auto":
+            wide = sel.hash == "simhash" and self.is_wide()
+            return max(sel.k, sel.k * sel.l // 4) if wide else None
+        if pool is None:
+            return None
+        if sel.hash != "simhash":
+            raise ValueError("The 'n_projections' parameter of LSH applies to hash='simhash' only.")
+        if pool < sel.k:
+            raise ValueError(f"The 'n_projections' parameter of LSH ({pool}) must be at least "
+                             f"k ({sel.k}).")
+        return pool
 
     def _family_args(self):
         f = self.family
@@ -422,36 +527,161 @@ class LSHLayer:
                           *self._family_args(), out, n_threads)
         return out
 
-    def build_tables(self, n_threads=None):
-        """Hash every neuron's weight vector and rebuild the L tables (parallel over tables)."""
+    def resolve_schedule(self):
+        """The upkeep schedule this layer follows (``rehash``, with ``"auto"`` resolved by
+        width); sets the period when first resolved and returns the schedule's name."""
+        sel, st = self.selector, self.upkeep
+        rehash = sel.rehash
+        if rehash == "auto":
+            wide = self.is_wide()
+            rehash = "fixed" if wide else "decay"
+            if wide:
+                st["period"] = min(sel.rehash_every, AUTO_WIDE_PERIOD)
+        st["schedule"] = rehash
+        return rehash
+
+    def table_fraction(self):
+        """Fraction of the neurons hashed into each table at a rebuild (``rebuild_sample``).
+
+        ``"auto"``: ``min(1, 4 * capacity * n_buckets / n_out)``. When the layer has many more
+        neurons than one table holds (``n_buckets * capacity``), the bucket policy drops most of
+        them anyway; filling each table from a uniform random subset of four times its capacity
+        keeps a typical bucket a uniform sample of its members (so does the reservoir policy)
+        at a fraction of the hashing. At the Amazon-670K shape (K=8: 256 buckets of 128) that is
+        19.6 % of the neurons per table; up to 131,072 neurons it is all of them.
+        """
+        frac = getattr(self.selector, "rebuild_sample", 1.0)
+        if frac == "auto":
+            frac = 4.0 * self.selector.capacity * self.n_buckets / max(self.n_out, 1)
+        return min(1.0, float(frac))
+
+    def _table_groups(self, draw):
+        """Split of the neurons for the rebuild numbered ``draw``: None (every table holds every
+        neuron), or ``(groups, tables)``: ``G = round(1 / table_fraction())`` sorted random
+        disjoint groups of ``n_out // G`` neurons (``groups``, int32 ``(G, m)``; the ``n_out
+        % G`` left over sit out this rebuild), group ``g`` filling tables ``g, g + G, ...``.
+        Every neuron is then hashed into ``L / G`` tables instead of ``L``."""
+        L = self.selector.l
+        G = min(L, self.n_out, int(round(1.0 / self.table_fraction())))
+        if G <= 1:
+            return None
+        rng = np.random.default_rng([self.seed, self.hash_draw, draw, 0x5AB])
+        m = self.n_out // G
+        groups = rng.permutation(self.n_out)[:G * m].astype(np.int32).reshape(G, m)
+        groups.sort(axis=1)
+        return groups, [np.arange(g, L, G, dtype=np.int32) for g in range(G)]
+
+    def build_tables(self, n_threads=None, draw=None):
+        """Hash the neurons' weight vectors and rebuild the L tables (parallel over tables).
+
+        Every table holds every neuron, or (:meth:`table_fraction` below one) each holds one of
+        ``G`` random disjoint groups of them (:meth:`_table_groups`), drawn from (seed, hash
+        draw, ``draw``); ``draw`` defaults to the number of rebuilds so far, and the tables are
+        a pure function of (seed, weights, draw).
+        """
         n_threads = self.n_threads if n_threads is None else n_threads
         sel = self.selector
-        buckets = np.empty((self.n_out, sel.l), dtype=np.int32)
-        for start in range(0, self.n_out, _HASH_CHUNK_ROWS):   # bounded projection buffer
-            stop = min(start + _HASH_CHUNK_ROWS, self.n_out)
-            buckets[start:stop] = self.hash_rows(self.Wt[start:stop], n_threads)
-        self.neuron_buckets = buckets
+        draw = getattr(self, "n_rebuilds", 0) if draw is None else draw
+        split = self._table_groups(draw)
+        if split is None:
+            parts = [(None, None)]
+            m = self.n_out
+        else:
+            groups, tables = split
+            parts = list(zip(groups, tables))
+            m = groups.shape[1]
+        buckets = np.empty((sel.l, m), dtype=np.int32)         # table-major
+        with _single_threaded_blas():
+            for neurons, tabs in parts:
+                for start in range(0, m, _HASH_CHUNK_ROWS):   # bounded projection buffer
+                    stop = min(start + _HASH_CHUNK_ROWS, m)
+                    if neurons is None:
+                        rows = self.Wt[start:stop]
+                    else:
+                        rows = self._buffer("gather", (stop - start, self.n_in), np.float32)
+                        _lsh.gather_rows(self.Wt, neurons[start:stop], rows, n_threads)
+                    self._hash_table_major(rows, buckets, start, tabs, n_threads)
+        if split is None:
+            self.table_neurons = None
+        else:
+            self.table_neurons = np.ascontiguousarray(
+                groups[np.arange(sel.l) % groups.shape[0]])     # (L, m): the ids of each table
+        self.table_buckets = buckets
+        self.table_draw = draw
         offsets = np.empty((sel.l, self.n_buckets + 1), dtype=np.int32)
         ids = np.empty((sel.l, self.n_out), dtype=np.int32)
-        self.dropped = _lsh.build_tables(self.neuron_buckets, self.n_buckets, sel.capacity,
+        self.dropped = _lsh.build_tables(buckets, self.n_buckets, sel.capacity,
                                          _BUCKET_POLICIES[sel.bucket_policy],
-                                         self.family["seed"], offsets, ids, n_threads)
+                                         self.family["seed"], offsets, ids, self.table_neurons,
+                                         n_threads)
         self._tables = (offsets, ids)
         self.n_rebuilds = getattr(self, "n_rebuilds", 0) + 1
+
+    def _hash_table_major(self, rows, out, col0, tables, n_threads):
+        """Buckets of dense ``rows`` in ``tables`` (None: all) written to
+        ``out[t, col0:col0 + len(rows)]``."""
+        f = self.family
+        n = rows.shape[0]
+        if f.get("pool_P") is not None and n:
+            # tables sharing a pool of projections: one GEMM against the pool, bits picked
+            K = f["K"]
+            bits = f["pool_map"] if tables is None else \
+                f["pool_map"][(tables[:, None] * K + np.arange(K)).ravel()]
+            S = self._buffer("proj", (n, f["pool_P"].shape[1]), np.float32)
+            gemm(rows, f["pool_P"], S, n_threads=n_threads)
+            _lsh.simhash_table_major(S, K, f["L"], f["range_pow"], f["seed"], out, col0, tables,
+                                     n_threads, np.ascontiguousarray(bits, dtype=np.int32))
+        elif f["P"] is not None and n:
+            P = f["P"]
+            if tables is not None:
+                K = f["K"]
+                cols = (tables[:, None] * K + np.arange(K)).ravel()
+                P = self._group_projections(tables, cols)
+            S = self._buffer("proj", (n, P.shape[1]), np.float32)
+            gemm(rows, P, S, n_threads=n_threads)
+            _lsh.simhash_table_major(S, f["K"], f["L"], f["range_pow"], f["seed"], out, col0,
+                                     tables, n_threads)
+        else:
+            res = self.hash_rows(rows, n_threads)
+            tabs = slice(None) if tables is None else tables
+            out[tabs, col0:col0 + n] = res[:, tabs].T
+
+    def _group_projections(self, tables, cols):
+        """The columns of the projection matrix for ``tables`` (cached per hash draw)."""
+        cache = self.family.setdefault("P_groups", {})
+        key = tables.tobytes()
+        P = cache.get(key)
+        if P is None:
+            P = cache[key] = np.ascontiguousarray(self.family["P"][:, cols])
+        return P
 
     @property
     def tables(self):
         """``(offsets, ids)``: ``ids[t, offsets[t, b]:offsets[t, b + 1]]`` are in bucket b of table t."""
         if self._tables is None:
-            self.build_tables()
+            self.build_tables(draw=getattr(self, "table_draw", None))
         return self._tables
 
     def changed_fraction(self, n_probe):
-        """Fraction of ``n_probe`` random neurons whose bucket changed in some table."""
+        """Fraction of ``n_probe`` random tabled neurons whose bucket changed in some table
+        (of the tables holding it)."""
+        if self._tables is None:
+            self.tables
         rng = np.random.default_rng([self.seed, self.step, 0xC4A])
-        probe = rng.choice(self.n_out, min(n_probe, self.n_out), replace=False)
-        fresh = self.hash_rows(self.Wt[probe], self.n_threads)
-        return float(np.mean((fresh != self.neuron_buckets[probe]).any(axis=1)))
+        L, m = self.table_buckets.shape
+        cols = rng.choice(m, min(n_probe, m), replace=False)
+        stored = self.table_buckets[:, cols]                    # (L, p)
+        if self.table_neurons is None:
+            fresh = self.hash_rows(self.Wt[cols], self.n_threads)
+            return float(np.mean((fresh != stored.T).any(axis=1)))
+        ids = self.table_neurons[:, cols]                       # (L, p): other neurons per group
+        uniq, inv = np.unique(ids, return_inverse=True)
+        inv = inv.reshape(ids.shape)
+        fresh = self.hash_rows(self.Wt[uniq], self.n_threads)  # (u, L)
+        differs = fresh[inv, np.arange(L)[:, None]] != stored
+        changed = np.zeros(uniq.shape[0], dtype=bool)
+        np.logical_or.at(changed, inv.ravel(), differs.ravel())
+        return float(changed.mean())
 
     # ---------------------------------------------------------------- selection
     def set_targets(self, target):
@@ -628,7 +858,8 @@ class LSHLayer:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("Wt", "_inputs", "_active", "_delta", "_tables", "neuron_buckets", "_buffers",
+        for key in ("Wt", "_inputs", "_active", "_delta", "_tables", "table_buckets",
+                    "table_neurons", "_buffers",
                     "coef_grad", "intercept_grad", "_mark", "n_forced", "_targets"):
             state.pop(key, None)
         return state

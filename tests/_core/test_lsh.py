@@ -157,7 +157,8 @@ def test_tables_hold_exactly_the_neurons_of_each_bucket(n_threads):
     buckets = rng.integers(0, nb, (n, L)).astype(np.int32)
     offsets = np.empty((L, nb + 1), np.int32)
     ids = np.empty((L, n), np.int32)
-    dropped = _lsh.build_tables(buckets, nb, 1000, _lsh.FIFO, 1, offsets, ids, n_threads)
+    dropped = _lsh.build_tables(np.ascontiguousarray(buckets.T), nb, 1000, _lsh.FIFO, 1,
+                                offsets, ids, n_threads=n_threads)
     assert dropped == 0
     ref = _ref_tables(buckets, nb)
     for t in range(L):
@@ -176,7 +177,8 @@ def test_bucket_capacity_fifo_and_reservoir(policy):
     for n_threads in THREADS:
         offsets = np.empty((L, nb + 1), np.int32)
         ids = np.empty((L, n), np.int32)
-        dropped = _lsh.build_tables(buckets, nb, cap, policy, 42, offsets, ids, n_threads)
+        dropped = _lsh.build_tables(np.ascontiguousarray(buckets.T), nb, cap, policy, 42,
+                                    offsets, ids, n_threads=n_threads)
         results.append((offsets.copy(), ids.copy()))
         ref = _ref_tables(buckets, nb)
         assert dropped == sum(max(0, len(s) - cap) for tab in ref for s in tab)
@@ -196,6 +198,133 @@ def test_bucket_capacity_fifo_and_reservoir(policy):
         o, i = results[0]
         kept = np.concatenate([i[t, :o[t, -1]] for t in range(L)])
         assert kept.mean() < 0.6 * n
+
+
+@pytest.mark.parametrize("policy", [_lsh.FIFO, _lsh.RESERVOIR])
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_tables_from_a_subset_of_neurons(policy, n_threads):
+    rng = np.random.default_rng(1)
+    n, L, nb, cap = 900, 5, 8, 30
+    buckets = rng.integers(0, nb, (L, n)).astype(np.int32)          # table-major
+    full_off = np.empty((L, nb + 1), np.int32)
+    full_ids = np.empty((L, n), np.int32)
+    _lsh.build_tables(buckets, nb, cap, policy, 9, full_off, full_ids, n_threads=n_threads)
+    # the identity mapping is the plain build, bit for bit (same reservoir draws)
+    off = np.empty_like(full_off)
+    ids = np.empty_like(full_ids)
+    _lsh.build_tables(buckets, nb, cap, policy, 9, off, ids,
+                      np.tile(np.arange(n, dtype=np.int32), (L, 1)), n_threads)
+    np.testing.assert_array_equal(off, full_off)
+    for t in range(L):
+        np.testing.assert_array_equal(ids[t, :off[t, -1]], full_ids[t, :off[t, -1]])
+    # a subset per table: column r of table t is neuron sub[t, r]; every kept id is a member
+    sub = np.sort(np.array([rng.choice(n, 200, replace=False) for _ in range(L)]),
+                  axis=1).astype(np.int32)
+    sub_buckets = np.ascontiguousarray(np.take_along_axis(buckets, sub, axis=1))
+    dropped = _lsh.build_tables(sub_buckets, nb, cap, policy, 9, off, ids, sub, n_threads)
+    expected_drop = 0
+    for t in range(L):
+        for b in range(nb):
+            members = sub[t][buckets[t, sub[t]] == b]
+            got = ids[t, off[t, b]:off[t, b + 1]]
+            assert len(got) == min(cap, len(members)) and set(got) <= set(members)
+            if policy == _lsh.FIFO:
+                assert set(got) == set(members[-cap:])
+            expected_drop += max(0, len(members) - cap)
+    assert dropped == expected_drop
+
+
+def test_build_tables_rejects_bad_ids():
+    off = np.empty((2, 5), np.int32)
+    ids = np.empty((2, 6), np.int32)
+    good = np.zeros((2, 6), np.int32)
+    for bad in (-1, 4, 2**31 - 1):
+        buckets = good.copy()
+        buckets[1, 3] = bad
+        with pytest.raises(ValueError, match="bucket id"):
+            _lsh.build_tables(buckets, 4, 3, _lsh.RESERVOIR, 0, off, ids, n_threads=2)
+    two = np.zeros((2, 2), np.int32)
+    with pytest.raises(ValueError, match="neuron id"):
+        _lsh.build_tables(two, 4, 3, _lsh.FIFO, 0, off, ids, np.array([[0, 1], [0, 6]], np.int32))
+    with pytest.raises(ValueError, match="neuron_ids"):
+        _lsh.build_tables(two, 4, 3, _lsh.FIFO, 0, off, ids, np.zeros((1, 2), np.int32))
+    with pytest.raises(ValueError, match="ids must"):
+        _lsh.build_tables(good, 4, 3, _lsh.FIFO, 0, off, np.empty((2, 5), np.int32))
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_simhash_table_major_is_the_transposed_row_major(n_threads):
+    rng = np.random.default_rng(2)
+    K, L, n = 6, 7, 50
+    S = rng.standard_normal((n, K * L)).astype(np.float32)
+    S[3, :5] = 0.0                                     # a zero projection gives bit 0
+    for range_pow in (0, 4):
+        rows = np.empty((n, L), np.int32)
+        _lsh.simhash_from_projections(S, K, L, range_pow, 5, rows, n_threads)
+        out = np.full((L, n + 10), -7, np.int32)
+        _lsh.simhash_table_major(S, K, L, range_pow, 5, out, 10, n_threads=n_threads)
+        np.testing.assert_array_equal(out[:, 10:], rows.T)
+        assert (out[:, :10] == -7).all()                 # nothing written before col0
+    bits = (S > 0).astype(np.int64).reshape(n, L, K)  # range_pow=0: the key is the bits
+    keys = (bits * (1 << np.arange(K - 1, -1, -1))).sum(axis=2)
+    out = np.empty((L, n), np.int32)
+    _lsh.simhash_table_major(S, K, L, 0, 5, out, 0, n_threads=n_threads)
+    np.testing.assert_array_equal(out, keys.T)
+    with pytest.raises(ValueError, match="simhash_table_major"):
+        _lsh.simhash_table_major(S, K, L, 0, 5, out, 1, n_threads=n_threads)
+    # a subset of the tables: S holds their K columns each, in the listed order
+    tabs = np.array([5, 1, 3], np.int32)
+    cols = (tabs[:, None] * K + np.arange(K)).ravel()
+    for range_pow in (0, 4):
+        rows = np.empty((n, L), np.int32)
+        _lsh.simhash_from_projections(S, K, L, range_pow, 5, rows, n_threads)
+        out = np.full((L, n), -7, np.int32)
+        _lsh.simhash_table_major(np.ascontiguousarray(S[:, cols]), K, L, range_pow, 5, out, 0,
+                                 tabs, n_threads)
+        np.testing.assert_array_equal(out[tabs], rows[:, tabs].T)
+        assert (np.delete(out, tabs, axis=0) == -7).all()
+    with pytest.raises(ValueError, match="table 7"):
+        _lsh.simhash_table_major(np.ascontiguousarray(S[:, :K]), K, L, 0, 5, out, 0,
+                                 np.array([7], np.int32))
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_simhash_table_major_from_a_pool_of_projections(n_threads):
+    rng = np.random.default_rng(3)
+    K, L, n, pool = 4, 6, 40, 9
+    Sp = rng.standard_normal((n, pool)).astype(np.float32)
+    cols = np.concatenate([rng.choice(pool, K, replace=False) for _ in range(L)]).astype(np.int32)
+    S = np.ascontiguousarray(Sp[:, cols])                 # the same bits, expanded
+    for range_pow in (0, 3):
+        ref = np.empty((L, n), np.int32)
+        _lsh.simhash_table_major(S, K, L, range_pow, 8, ref, 0, n_threads=n_threads)
+        out = np.empty((L, n), np.int32)
+        _lsh.simhash_table_major(Sp, K, L, range_pow, 8, out, 0, None, n_threads, cols)
+        np.testing.assert_array_equal(out, ref)
+        tabs = np.array([4, 0], np.int32)                  # a subset of the tables
+        sub = np.full((L, n), -1, np.int32)
+        _lsh.simhash_table_major(Sp, K, L, range_pow, 8, sub, 0, tabs, n_threads,
+                                 np.ascontiguousarray(cols.reshape(L, K)[tabs].ravel()))
+        np.testing.assert_array_equal(sub[tabs], ref[tabs])
+    with pytest.raises(ValueError, match="column 9"):
+        _lsh.simhash_table_major(Sp, K, L, 0, 8, out, 0, None, 1,
+                                 np.full(K * L, 9, np.int32))
+    with pytest.raises(ValueError, match="cols must"):
+        _lsh.simhash_table_major(Sp, K, L, 0, 8, out, 0, None, 1, cols[:-1].copy())
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_gather_rows(n_threads):
+    W = np.arange(40, dtype=np.float32).reshape(10, 4)
+    rows = np.array([3, 0, 9, 3], np.int32)
+    out = np.empty((4, 4), np.float32)
+    _lsh.gather_rows(W, rows, out, n_threads)
+    np.testing.assert_array_equal(out, W[rows])
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match="outside"):
+            _lsh.gather_rows(W, np.array([0, bad], np.int32), np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="out must"):
+        _lsh.gather_rows(W, rows, np.empty((3, 4), np.float32))
 
 
 def _ref_query(qb, offsets, ids, policy, budget, threshold, labels, min_active, n_neurons):
@@ -230,7 +359,7 @@ def test_query_policies_label_forcing_and_random_fill(policy, n_threads):
     buckets = rng.integers(0, nb, (n_neurons, L)).astype(np.int32)
     offsets = np.empty((L, nb + 1), np.int32)
     ids = np.empty((L, n_neurons), np.int32)
-    _lsh.build_tables(buckets, nb, 128, _lsh.FIFO, 0, offsets, ids, 1)
+    _lsh.build_tables(np.ascontiguousarray(buckets.T), nb, 128, _lsh.FIFO, 0, offsets, ids)
     qb = rng.integers(0, nb, (n, L)).astype(np.int32)
     labels = [list(rng.choice(n_neurons, rng.integers(0, 4), replace=False)) for _ in range(n)]
     l_indptr = np.zeros(n + 1, np.int64)
@@ -263,7 +392,7 @@ def test_query_fill_reaches_every_neuron_when_asked():
     buckets = np.zeros((m, L), np.int32)
     offsets = np.empty((L, nb + 1), np.int32)
     ids = np.empty((L, m), np.int32)
-    _lsh.build_tables(buckets, nb, 128, _lsh.FIFO, 0, offsets, ids, 1)
+    _lsh.build_tables(np.ascontiguousarray(buckets.T), nb, 128, _lsh.FIFO, 0, offsets, ids)
     qb = np.full((3, L), 1, np.int32)           # empty buckets
     counts = np.empty(3, np.int32)
     forced = np.empty(3, np.int32)
@@ -284,7 +413,7 @@ def test_compact_and_errors():
     with pytest.raises(ValueError, match="indices"):
         _lsh.compact(counts, padded, indptr, np.empty(4, np.int32))
     with pytest.raises(ValueError, match="capacity"):
-        _lsh.build_tables(np.zeros((3, 1), np.int32), 2, 0, 0, 0, np.empty((1, 3), np.int32),
+        _lsh.build_tables(np.zeros((1, 3), np.int32), 2, 0, 0, 0, np.empty((1, 3), np.int32),
                           np.empty((1, 3), np.int32))
     with pytest.raises(ValueError, match="policy"):
         _lsh.query(np.zeros((1, 1), np.int32), np.zeros((1, 2), np.int32), np.zeros((1, 3), np.int32),

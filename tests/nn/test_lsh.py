@@ -190,6 +190,29 @@ def test_rehash_fixed_and_decay_schedules():
             assert layer.upkeep["period"] == 64
 
 
+def test_rehash_auto_is_fixed_on_wide_layers_and_decay_otherwise():
+    # k=2: 4 buckets; capacity 10 -> "wide" beyond 4 * 10 * 4 = 160 neurons
+    for n_out, schedule, period in ((400, "fixed", 16), (100, "decay", 16)):
+        net, _, _ = _net(n_out=n_out, selectors=["dense", LSH(k=2, l=3, capacity=10,
+                                                            rehash_every=16, random_state=0)])
+        layer = net.layers[-1]
+        assert layer.upkeep["schedule"] == schedule and layer.upkeep["period"] == period
+    from fastfire.nn.lsh import AUTO_WIDE_PERIOD
+
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=3, capacity=10, random_state=0)])
+    assert net.layers[-1].upkeep["period"] == AUTO_WIDE_PERIOD == 2048
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=3, capacity=10, rehash_every=16,
+                                                      rehash_growth=2.0, random_state=0)])
+    opt = Adam(net.params, 0.01)
+    layer = net.layers[-1]
+    seen = []
+    for s in range(6):
+        _step(net, opt, seed=s)
+        seen.append(layer.n_rebuilds)
+    assert seen == [1, 2, 2, 3, 3, 4]                      # fixed: the period does not grow
+    assert layer.upkeep["period"] == 16
+
+
 def test_rehash_change_triggered():
     for threshold, rebuilds in ((0.0, True), (1.0, False)):
         net, _, _ = _net(selectors=["dense", LSH(rehash="change", rehash_every=8,
@@ -224,7 +247,96 @@ def test_tables_rebuilt_from_weights_hold_every_neuron():
         assert sorted(ids[t, :offsets[t, -1]]) == list(range(64))
         for b in range(layer.n_buckets):
             members = ids[t, offsets[t, b]:offsets[t, b + 1]]
-            assert (layer.neuron_buckets[members, t] == b).all()
+            assert (layer.table_buckets[t, members] == b).all()
+    assert layer.table_neurons is None                    # small layers: every neuron hashed
+
+
+def test_rebuild_fills_each_table_from_a_random_group_of_neurons():
+    net, _, _ = _net(n_out=402, selectors=["dense", LSH(k=2, l=6, capacity=1000,
+                                                      rebuild_sample=0.25, random_state=0)])
+    layer = net.layers[-1]
+    assert layer.table_fraction() == 0.25
+    seen = []
+    for draw in range(3):
+        layer.build_tables(draw=draw)
+        groups = layer.table_neurons                          # (L, m): 4 groups of 100
+        assert groups.shape == (6, 100)
+        for t in range(6):                                    # table t holds group t % 4
+            np.testing.assert_array_equal(groups[t], groups[t % 4])
+            assert (np.diff(groups[t]) > 0).all()
+        assert np.unique(groups[:4]).size == 400              # disjoint; 2 of 402 sit out
+        offsets, ids = layer.tables
+        for t in range(6):
+            assert sorted(ids[t, :offsets[t, -1]]) == list(groups[t])  # the group, once each
+            fresh = layer.hash_rows(layer.Wt[groups[t]], 1)[:, t]      # buckets now
+            for b in range(layer.n_buckets):
+                members = ids[t, offsets[t, b]:offsets[t, b + 1]]
+                assert (fresh[np.searchsorted(groups[t], members)] == b).all()
+        seen.append(groups.copy())
+    assert not np.array_equal(seen[0], seen[1])              # new groups at every rebuild
+    layer.build_tables(draw=1)
+    np.testing.assert_array_equal(layer.table_neurons, seen[1])  # a pure function of the draw
+    assert layer.changed_fraction(50) == 0.0
+    layer.Wt[...] = -layer.Wt                                # every code flips
+    assert layer.changed_fraction(50) == 1.0
+    layer.Wt[...] = -layer.Wt
+    clone = pickle.loads(pickle.dumps(layer))                 # a pickled layer rebuilds the
+    (off, ids), (off2, ids2) = layer.tables, clone.tables     # same groups and tables
+    np.testing.assert_array_equal(off, off2)
+    for t in range(6):
+        np.testing.assert_array_equal(ids[t, :off[t, -1]], ids2[t, :off[t, -1]])
+
+
+def test_rebuild_sample_auto_splits_only_wide_layers():
+    # "auto": f = min(1, 4 * capacity * n_buckets / n_out); k=2 gives 4 buckets
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5,
+                                                      rebuild_sample="auto", random_state=0)])
+    layer = net.layers[-1]
+    assert layer.table_fraction() == 4 * 5 * 4 / 400
+    assert layer.table_neurons.shape == (6, 80)               # G = round(1 / 0.2) = 5 groups
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=100,
+                                                      rebuild_sample="auto", random_state=0)])
+    assert net.layers[-1].table_fraction() == 1.0 and net.layers[-1].table_neurons is None
+    # the default hashes every neuron into every table, whatever the width
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    assert net.layers[-1].table_neurons is None
+
+
+def test_n_projections_auto_pools_only_on_wide_simhash_layers():
+    # wide beyond 4 * capacity * n_buckets = 4 * 5 * 4 = 80 neurons (k=2: 4 buckets)
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    layer = net.layers[-1]
+    assert layer.is_wide() and layer.pool_size() == 3        # max(k, k * l // 4)
+    assert layer.family["pool_P"].shape == (10, 3)
+    net, _, _ = _net(n_out=60, selectors=["dense", LSH(k=2, l=6, capacity=5, random_state=0)])
+    assert not net.layers[-1].is_wide() and net.layers[-1].family["pool_map"] is None
+    net, _, _ = _net(n_out=400, selectors=["dense", LSH(hash="dwta", k=2, l=6, bin_size=4,
+                                                      capacity=5, random_state=0)])
+    assert net.layers[-1].family["pool_map"] is None          # SimHash only
+
+
+@pytest.mark.parametrize("rebuild_sample", [1.0, 0.5])
+def test_pool_of_projections_hashes_like_its_expanded_functions(rebuild_sample):
+    net, _, _ = _net(n_out=300, selectors=["dense", LSH(k=3, l=5, n_projections=4,
+                                                      rebuild_sample=rebuild_sample,
+                                                      capacity=1000, random_state=0)])
+    layer = net.layers[-1]
+    f = layer.family
+    assert f["pool_P"].shape == (10, 4) and f["pool_map"].shape == (15,)
+    for t in range(5):                                       # K distinct pool bits per table
+        assert len(set(f["pool_map"][3 * t:3 * t + 3])) == 3
+    np.testing.assert_array_equal(f["P"], f["pool_P"][:, f["pool_map"]])
+    # the rebuild (GEMM against the pool) agrees with hashing the rows one by one
+    fresh = layer.hash_rows(layer.Wt, 1)                     # (n, L) through the expanded P
+    offsets, ids = layer.tables
+    for t in range(5):
+        for b in range(layer.n_buckets):
+            members = ids[t, offsets[t, b]:offsets[t, b + 1]]
+            assert (fresh[members, t] == b).all()
+    with pytest.raises(ValueError, match="n_projections"):
+        _net(selectors=["dense", LSH(k=5, n_projections=4)])
+    with pytest.raises(ValueError, match="n_projections"):
+        _net(selectors=["dense", LSH(hash="dwta", n_projections=8)])
 
 
 def test_pickle_rebuilds_identical_tables():
@@ -265,6 +377,8 @@ def test_sparse_input_layer_gradient_rows():
     dict(rehash="sometimes"), dict(rehash_every=0), dict(rehash_growth=0.5),
     dict(new_hashes_every=0), dict(change_threshold=2.0), dict(loss="hinge"),
     dict(deterministic="yes"), dict(random_state=-1), dict(k=2.5), dict(label_forcing=1),
+    dict(rebuild_sample=0.0), dict(rebuild_sample=1.5), dict(rebuild_sample="half"),
+    dict(n_projections=0), dict(n_projections=2.0),
 ])
 def test_bad_parameters_raise_naming_the_parameter(bad):
     name = next(iter(bad))
