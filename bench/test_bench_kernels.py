@@ -108,3 +108,21 @@ def test_adam_step(benchmark, n_threads):
     param, grad = _rand(rng, n), _rand(rng, n) * np.float32(1e-3)
     m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
     _run(benchmark, _optim.adam_step, param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-4, n_threads)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("step_sizes", ["computed", "table"])
+@pytest.mark.parametrize("width", [1, 128], ids=["bias", "weights"])
+def test_adam_step_rows(benchmark, width, step_sizes, n_threads):
+    # lazy Adam on a 670K-label output layer: 128K scattered rows (biases) or 60K (weight rows)
+    benchmark.group = f"adam_step_rows 670K x {width}"
+    rng = np.random.default_rng(7)
+    n_rows, n_active = 670_091, 128_000 if width == 1 else 60_000
+    param = _rand(rng, n_rows, width)
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    t = rng.integers(0, 1500, n_rows).astype(np.int64)
+    rows = np.sort(rng.choice(n_rows, n_active, replace=False)).astype(np.int32)
+    grad = _rand(rng, n_active, width) * np.float32(1e-3)
+    sizes = _optim.adam_step_size_table(1e-3, 0.9, 0.999, 4096) if step_sizes == "table" else None
+    _run(benchmark, _optim.adam_step_rows, param, grad, rows, m, v, t, 1e-3, 0.9, 0.999, 1e-8,
+         0.0, n_threads, sizes)

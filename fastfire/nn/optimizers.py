@@ -12,7 +12,13 @@ all weights.
 
 import numpy as np
 
-from fastfire._core._optim import adam_step, adam_step_rows, sgd_step, sgd_step_rows
+from fastfire._core._optim import (
+    adam_step,
+    adam_step_rows,
+    adam_step_size_table,
+    sgd_step,
+    sgd_step_rows,
+)
 
 
 def _flat(array):
@@ -98,6 +104,7 @@ class Adam:
                 norm = adam_step_rows(
                     g.view(p), g.values, g.rows, g.view(m), g.view(v), self.row_ts[i],
                     self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon, l2, n_threads,
+                    self._step_sizes(),
                 )
             else:
                 norm = adam_step(_flat(p), _flat(g), _flat(m), _flat(v), self.learning_rate,
@@ -105,6 +112,16 @@ class Adam:
             if l2 > 0:
                 squared_norm += norm
         return squared_norm
+
+    def _step_sizes(self):
+        """Lazy Adam's step sizes by row count, covering counts up to ``self.t`` (no row has
+        been updated more often than the optimizer has stepped), regrown by doubling."""
+        key = (self.learning_rate_init, self.beta_1, self.beta_2)
+        table = getattr(self, "_step_size_table", None)
+        if table is None or len(table) <= self.t or self._step_size_key != key:
+            table = adam_step_size_table(*key, max(1024, 2 * self.t))
+            self._step_size_table, self._step_size_key = table, key
+        return table
 
     def iteration_ends(self, time_step):
         """Adam has no learning-rate schedule."""

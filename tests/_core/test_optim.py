@@ -164,6 +164,32 @@ def test_adam_step_rows_matches_per_row_reference(n_rows, p, n_active, n_threads
     np.testing.assert_array_equal(m[untouched], 0)
 
 
+def test_adam_step_size_table_matches_the_bias_corrected_formula():
+    table = _optim.adam_step_size_table(1e-3, 0.9, 0.999, 50)
+    assert table.dtype == np.float32 and table.shape == (51,) and table[0] == 0
+    t = np.arange(1, 51)
+    np.testing.assert_allclose(table[1:], sklearn_lr_t(1e-3, 0.9, 0.999, t), rtol=1e-6)
+    with pytest.raises(ValueError, match="t_max"):
+        _optim.adam_step_size_table(1e-3, 0.9, 0.999, -1)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_adam_step_rows_with_step_size_table_is_bit_identical(n_threads):
+    # counts inside the table and beyond it (those fall back to computing the step size)
+    rng = np.random.default_rng(11)
+    param, rows, grad_rows = _rows_problem(rng, 60, 5, 40)
+    t = rng.integers(0, 12, 60).astype(np.int64)
+    table = _optim.adam_step_size_table(1e-2, 0.9, 0.999, 8)
+    states = [(param.copy(), np.zeros_like(param), np.zeros_like(param), t.copy()) for _ in range(2)]
+    for step in range(4):
+        for (P, m, v, tt), sizes in zip(states, (None, table)):
+            _optim.adam_step_rows(P, grad_rows, rows, m, v, tt, 1e-2, 0.9, 0.999, 1e-8, 1e-3,
+                                  n_threads, sizes)
+    for a, b in zip(states[0], states[1]):
+        np.testing.assert_array_equal(a, b)
+    assert (states[1][3][rows] > 8).any() and (states[1][3][rows] <= 8).any()
+
+
 def test_adam_step_rows_with_all_rows_equals_dense_adam():
     rng = np.random.default_rng(4)
     param, rows, _ = _rows_problem(rng, 20, 6, 20)
