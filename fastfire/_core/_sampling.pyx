@@ -115,6 +115,17 @@ cdef void _row_sq_norms(const float* X, Py_ssize_t n_rows, Py_ssize_t ld, Py_ssi
         out[r] = sdot_(<int> (c1 - c0), row, row) if c1 > c0 else 0.0
 
 
+cdef inline void _sum_partials(const float* partial, Py_ssize_t n_parts, Py_ssize_t n_cols,
+                               double* out) noexcept nogil:
+    """out = the sum of n_parts rows of n_cols partial sums, added in a fixed order."""
+    cdef Py_ssize_t b, c
+    for c in range(n_cols):
+        out[c] = partial[c]
+    for b in range(1, n_parts):
+        for c in range(n_cols):
+            out[c] += partial[b * n_cols + c]
+
+
 cdef void _col_sq_norms(const float* X, Py_ssize_t n_cols, Py_ssize_t ld, Py_ssize_t r0,
                         Py_ssize_t r1, double* out, int n_threads) noexcept nogil:
     """out[c] = Σ_{r0 <= r < r1} X[r, c]²  (rows split in blocks over threads, each block summing
@@ -148,12 +159,7 @@ cdef void _col_sq_norms(const float* X, Py_ssize_t n_cols, Py_ssize_t ld, Py_ssi
             row = X + r * ld
             for c in range(n_cols):
                 acc[c] = acc[c] + row[c] * row[c]
-    for c in range(n_cols):
-        out[c] = partial[c]
-    for b in range(1, n_parts):
-        acc = partial + b * n_cols
-        for c in range(n_cols):
-            out[c] += acc[c]
+    _sum_partials(partial, n_parts, n_cols, out)
     free(partial)
 
 
@@ -218,12 +224,7 @@ cdef bint _gather_cols_norms(const float* X, Py_ssize_t ld, Py_ssize_t n_rows, P
                 dst[j] = src[idx[j]]
             for c in range(n_cols):
                 acc[c] = acc[c] + src[c] * src[c]
-    for c in range(n_cols):
-        norms[c] = partial[c]
-    for b in range(1, n_parts):
-        acc = partial + b * n_cols
-        for c in range(n_cols):
-            norms[c] += acc[c]
+    _sum_partials(partial, n_parts, n_cols, norms)
     free(partial)
     return True
 
