@@ -40,7 +40,7 @@ take a subset of the neurons (``neuron_ids``). Hashing and queries run in parall
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from fastfire._core._types cimport index_t, offset_t
 
@@ -376,25 +376,6 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
                 if range_pow > 0:
                     key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
                 out[t, col0 + i] = <int32_t> key
-
-
-def gather_rows(const float[:, ::1] W,        # IN (n_rows, d)
-                const int32_t[::1] rows,      # IN (m,) row ids
-                float[:, ::1] out,            # OUT (m, d)
-                int n_threads=1):
-    """``out[i] = W[rows[i]]`` (parallel over rows); row ids are checked."""
-    cdef Py_ssize_t m = rows.shape[0], d = W.shape[1], i
-    if out.shape[0] != m or out.shape[1] != d:
-        raise ValueError(f"gather_rows: out must be ({m}, {d}).")
-    for i in range(m):
-        if rows[i] < 0 or rows[i] >= W.shape[0]:
-            raise ValueError(f"gather_rows: row {rows[i]} outside [0, {W.shape[0]}).")
-    _check_threads(n_threads)
-    if m == 0 or d == 0:
-        return
-    with nogil:
-        for i in prange(m, schedule="static", num_threads=n_threads):
-            memcpy(&out[i, 0], &W[rows[i], 0], d * sizeof(float))
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fastfire._core import _active, _lsh
-from fastfire._core._dense import ACTIVATIONS, gemm
+from fastfire._core._dense import ACTIVATIONS, gemm, take_rows
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.layers import DenseLayer
 from fastfire.nn.losses import SparseLogisticCrossEntropy, SparseSoftmaxCrossEntropy
@@ -461,10 +461,10 @@ class LSHLayer:
             P = None
         pool_P = None
         if P is not None and pool_map is not None:
-            # the pool's columns (P's columns are copies of them): rebuilds hash with this
-            first = np.unique(pool_map, return_index=True)
+            # the pool itself (P's columns are copies of its columns): rebuilds hash with this
             pool_P = np.zeros((d, n_pool), dtype=np.float32)
-            pool_P[:, first[0]] = P[:, first[1]]
+            pool_P[np.concatenate(idx_p), np.repeat(np.arange(n_pool), counts_p)] = \
+                np.concatenate(val_p)
         self.family = {
             "P": P, "pool_P": pool_P, "pool_map": pool_map,
             "family": family, "K": K, "L": L, "bin_size": sel.bin_size, "range_pow": fold,
@@ -599,7 +599,7 @@ class LSHLayer:
                         rows = self.Wt[start:stop]
                     else:
                         rows = self._buffer("gather", (stop - start, self.n_in), np.float32)
-                        _lsh.gather_rows(self.Wt, neurons[start:stop], rows, n_threads)
+                        take_rows(self.Wt, neurons[start:stop].astype(np.int64), rows, n_threads)
                     self._hash_table_major(rows, buckets, start, tabs, n_threads)
         if split is None:
             self.table_neurons = None

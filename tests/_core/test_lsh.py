@@ -313,20 +313,6 @@ def test_simhash_table_major_from_a_pool_of_projections(n_threads):
         _lsh.simhash_table_major(Sp, K, L, 0, 8, out, 0, None, 1, cols[:-1].copy())
 
 
-@pytest.mark.parametrize("n_threads", THREADS)
-def test_gather_rows(n_threads):
-    W = np.arange(40, dtype=np.float32).reshape(10, 4)
-    rows = np.array([3, 0, 9, 3], np.int32)
-    out = np.empty((4, 4), np.float32)
-    _lsh.gather_rows(W, rows, out, n_threads)
-    np.testing.assert_array_equal(out, W[rows])
-    for bad in (-1, 10):
-        with pytest.raises(ValueError, match="outside"):
-            _lsh.gather_rows(W, np.array([0, bad], np.int32), np.empty((2, 4), np.float32))
-    with pytest.raises(ValueError, match="out must"):
-        _lsh.gather_rows(W, rows, np.empty((3, 4), np.float32))
-
-
 def _ref_query(qb, offsets, ids, policy, budget, threshold, labels, min_active, n_neurons):
     out = []
     for i in range(qb.shape[0]):
