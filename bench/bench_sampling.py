@@ -221,6 +221,13 @@ def epoch_timing(specs, threads, epochs, X, y, Xt, yt, seed):
     return {c: (times[c], float(models[c].score(Xt, yt)), models[c].loss_) for c in specs}
 
 
+def _append_json(path, row):
+    """Append ``row`` as one JSON line to ``path`` (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=20)
@@ -274,9 +281,7 @@ def main(argv=None):
                       f"{row['median_ms']:.2f} ms/step (min {min(ms):.2f}, max {max(ms):.2f}) "
                       f"speedup {row['median_speedup']:.2f}x (min {min(speed):.2f}, max {max(speed):.2f})",
                       flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                _append_json(args.json, row)
         return
 
     if args.phase_timing:
@@ -292,11 +297,9 @@ def main(argv=None):
                 speed = statistics.median([b / t for b, t in zip(base, phases["total"])])
                 print(f"{spec:>48}" + "".join(f"{med[k]:7.0f}" for k in PHASES) + f"  {speed:.2f}x",
                       flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps({"kind": "phase_timing", "config": spec,
-                                            "threads": threads, "us_per_step": phases,
-                                            "median_us": med, "median_speedup": speed}) + "\n")
+                _append_json(args.json, {"kind": "phase_timing", "config": spec,
+                                         "threads": threads, "us_per_step": phases,
+                                         "median_us": med, "median_speedup": speed})
         return
 
     if args.epoch_timing:
@@ -316,9 +319,7 @@ def main(argv=None):
                       f"epoch={row['median_epoch_s']:.3f}s (min {min(secs):.3f}, max {max(secs):.3f}) "
                       f"speedup {row['median_speedup']:.3f}x (min {min(ratio):.2f}, "
                       f"max {max(ratio):.2f})", flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                _append_json(args.json, row)
         return
 
     if args.configs:
@@ -329,9 +330,7 @@ def main(argv=None):
                       f"macs={row['mac_fraction']:.3f} epoch={row['median_epoch_s']:.2f}s "
                       f"(min {min(row['epoch_seconds']):.2f}, max {max(row['epoch_seconds']):.2f}) "
                       f"total={row['total_s']:.1f}s", flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                _append_json(args.json, row)
         return
 
     for threads in [int(t) for t in args.threads.split(",")]:
@@ -346,9 +345,7 @@ def main(argv=None):
                       f"macs={row['mac_fraction']:.3f} epoch={row['median_epoch_s']:.2f}s "
                       f"(min {min(row['epoch_seconds']):.2f}, max {max(row['epoch_seconds']):.2f})",
                       flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                _append_json(args.json, row)
 
 
 if __name__ == "__main__":
