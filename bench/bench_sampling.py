@@ -85,6 +85,27 @@ def run(scheme, ratio, mode, threads, epochs, X, y, Xt, yt, seed, dense_output=F
     }
 
 
+def _warm_model(selection, seed, threads, X, y):
+    """A 784-500-500-10 model of the paper's setting, fitted one epoch on 1,000 images so that
+    its buffers, optimizer state and thread pool exist before any timing."""
+    import warnings
+
+    clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
+                        random_state=seed, n_jobs=threads, selection=selection)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X[:1000], y[:1000])
+    return clf
+
+
+def _fixed_batches(X, y, steps, seed):
+    """``steps`` random batches of 50 (contiguous float32 images, int32 labels), the same for
+    every configuration timed."""
+    rng = np.random.RandomState(seed)
+    rows = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
+    return [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in rows]
+
+
 def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed, specs=None):
     """Interleaved per-step timing: every round times ``steps`` training steps of each
     configuration in turn (dense first), so slow drifts of a shared machine hit all alike.
@@ -105,16 +126,8 @@ def step_timing(schemes, ratios, mode, threads, X, y, rounds, steps, seed, specs
             scheme, ratio = c
             sel = "dense" if scheme == "dense" else ColumnRowSampling(
                 scheme=scheme, ratio=ratio, mode=mode, random_state=seed)
-        clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
-                            random_state=seed, n_jobs=threads, selection=sel)
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(X[:1000], y[:1000])
-        models[c] = clf
-    rng = np.random.RandomState(seed)
-    batches = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
-    batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in batches]
+        models[c] = _warm_model(sel, seed, threads, X, y)
+    batches = _fixed_batches(X, y, steps, seed)
     out = {c: [] for c in configs}
     with threadpool_limits(1, user_api="blas"):
         for _ in range(rounds):
@@ -167,22 +180,13 @@ def phase_timing(specs, threads, X, y, rounds, steps, seed):
     """Interleaved per-phase timing of training steps (see :func:`_timed_step`): every round
     runs ``steps`` steps of each configuration in turn. Returns {config: {phase: [us per
     step, one per round]}}."""
-    import warnings
-
     from threadpoolctl import threadpool_limits
 
     specs = ["dense"] + [c for c in specs if c != "dense"]
     models = {}
     for c in specs:
-        clf = MLPClassifier(hidden_layer_sizes=(500, 500), batch_size=50, max_iter=1,
-                            random_state=seed, n_jobs=threads, selection=parse_selection(c, seed))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(X[:1000], y[:1000])
-        models[c] = clf
-    rng = np.random.RandomState(seed)
-    batches = [rng.choice(len(y), 50, replace=False) for _ in range(steps)]
-    batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32)) for b in batches]
+        models[c] = _warm_model(parse_selection(c, seed), seed, threads, X, y)
+    batches = _fixed_batches(X, y, steps, seed)
     out = {c: {k: [] for k in PHASES} for c in specs}
     with threadpool_limits(1, user_api="blas"):
         for _ in range(rounds):
