@@ -14,12 +14,12 @@ thread order in float64, so results are deterministic for a fixed thread count.
 
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
 from fastfire._core._blas cimport sgemm_rm
-from fastfire._core._openmp cimport omp_get_thread_num
+from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, omp_get_thread_num, threads_for
 
 
 def conv_output_size(Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad):
@@ -29,47 +29,103 @@ def conv_output_size(Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t stride, Py_s
     return (size + 2 * pad - kernel) // stride + 1
 
 
+cdef inline void _valid_range(int size, int offset, int stride, int out_size,
+                              int* lo, int* hi) noexcept nogil:
+    """Output positions ``o`` in [lo, hi) whose input position ``o*stride + offset`` lies in
+    [0, size) (``offset`` = kernel tap - padding); ``hi <= lo`` when none does."""
+    if offset >= 0:
+        lo[0] = 0
+    else:
+        lo[0] = (-offset + stride - 1) // stride
+    if size - 1 - offset < 0:
+        hi[0] = 0
+    else:
+        hi[0] = min(out_size, (size - 1 - offset) // stride + 1)
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
 cdef void _im2col(const float* x, int C, int H, int W, int KH, int KW, int stride, int pad,
                   int Ho, int Wo, float* cols) noexcept nogil:
-    """cols[(c*KH + i)*KW + j, oy*Wo + ox] = x[c, oy*stride - pad + i, ox*stride - pad + j] (0 outside)."""
-    cdef int c, i, j, oy, ox, y, xx
+    """cols[(c*KH + i)*KW + j, oy*Wo + ox] = x[c, oy*stride - pad + i, ox*stride - pad + j] (0 outside).
+
+    The valid output range of each kernel tap is computed once, so the inner loops are plain
+    copies with no per-pixel bounds test; with stride 1 and ``Wo == W`` (same padding) the rows
+    of a tap are one contiguous copy, whose few wrapped border entries are zeroed after."""
+    cdef int c, i, j, oy, ox, y0, y1, x0, x1
+    cdef Py_ssize_t t, length
     cdef float* row
-    cdef const float* plane
-    for c in range(C):
-        plane = x + c * H * W
-        for i in range(KH):
-            for j in range(KW):
+    cdef float* dst
+    cdef const float* src
+    cdef bint flat = stride == 1 and Wo == W
+    for i in range(KH):
+        _valid_range(H, i - pad, stride, Ho, &y0, &y1)
+        for j in range(KW):
+            _valid_range(W, j - pad, stride, Wo, &x0, &x1)
+            for c in range(C):
                 row = cols + ((c * KH + i) * KW + j) * Ho * Wo
-                for oy in range(Ho):
-                    y = oy * stride - pad + i
-                    if y < 0 or y >= H:
-                        memset(row + oy * Wo, 0, Wo * sizeof(float))
-                        continue
-                    for ox in range(Wo):
-                        xx = ox * stride - pad + j
-                        row[oy * Wo + ox] = plane[y * W + xx] if 0 <= xx < W else 0.0
+                if y1 <= y0 or x1 <= x0:
+                    memset(row, 0, <size_t> Ho * Wo * sizeof(float))
+                    continue
+                if y0 > 0:
+                    memset(row, 0, <size_t> y0 * Wo * sizeof(float))
+                if y1 < Ho:
+                    memset(row + y1 * Wo, 0, <size_t> (Ho - y1) * Wo * sizeof(float))
+                # src[t * stride] is the input pixel of output position (y0, x0 + t)
+                src = x + (c * H + y0 * stride - pad + i) * W + x0 * stride + j - pad
+                if flat:
+                    length = (y1 - y0 - 1) * Wo + (x1 - x0)
+                    memcpy(row + y0 * Wo + x0, src, <size_t> length * sizeof(float))
+                for oy in range(y0, y1):
+                    dst = row + oy * Wo
+                    for ox in range(x0):
+                        dst[ox] = 0.0
+                    for ox in range(x1, Wo):
+                        dst[ox] = 0.0
+                    if not flat:
+                        for t in range(x1 - x0):
+                            dst[x0 + t] = src[t * stride]
+                        src = src + stride * W
 
 
-cdef void _col2im(const float* cols, int C, int H, int W, int KH, int KW, int stride, int pad,
+cdef void _col2im(float* cols, int C, int H, int W, int KH, int KW, int stride, int pad,
                   int Ho, int Wo, float* x) noexcept nogil:
-    """x (zeroed here) accumulates cols back into image positions: the adjoint of _im2col."""
-    cdef int c, i, j, oy, ox, y, xx
-    cdef const float* row
-    cdef float* plane
+    """x (zeroed here) accumulates cols back into image positions: the adjoint of _im2col.
+
+    ``cols`` is scratch: with stride 1 and ``Wo == W`` its entries that fall outside the image
+    are zeroed so that each tap's rows are added as one contiguous run."""
+    cdef int c, i, j, oy, ox, y0, y1, x0, x1
+    cdef Py_ssize_t t, length
+    cdef float* src
+    cdef float* dst
+    cdef float* row
+    cdef bint flat = stride == 1 and Wo == W
     memset(x, 0, <size_t> C * H * W * sizeof(float))
-    for c in range(C):
-        plane = x + c * H * W
-        for i in range(KH):
-            for j in range(KW):
+    for i in range(KH):
+        _valid_range(H, i - pad, stride, Ho, &y0, &y1)
+        for j in range(KW):
+            _valid_range(W, j - pad, stride, Wo, &x0, &x1)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            for c in range(C):
                 row = cols + ((c * KH + i) * KW + j) * Ho * Wo
-                for oy in range(Ho):
-                    y = oy * stride - pad + i
-                    if y < 0 or y >= H:
-                        continue
-                    for ox in range(Wo):
-                        xx = ox * stride - pad + j
-                        if 0 <= xx < W:
-                            plane[y * W + xx] += row[oy * Wo + ox]
+                dst = x + (c * H + y0 * stride - pad + i) * W + x0 * stride + j - pad
+                if flat:
+                    for oy in range(y0, y1):
+                        for ox in range(x0):
+                            row[oy * Wo + ox] = 0.0
+                        for ox in range(x1, Wo):
+                            row[oy * Wo + ox] = 0.0
+                    src = row + y0 * Wo + x0
+                    length = (y1 - y0 - 1) * Wo + (x1 - x0)
+                    for t in range(length):
+                        dst[t] += src[t]
+                else:
+                    for oy in range(y0, y1):
+                        src = row + oy * Wo + x0
+                        for t in range(x1 - x0):
+                            dst[t * stride] += src[t]
+                        dst = dst + stride * W
 
 
 def _check_conv(X, Wt, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
@@ -128,6 +184,20 @@ def conv2d_forward(const float[:, ::1] X,      # IN (N, C*H*W)
         raise MemoryError("conv2d_forward: could not allocate the im2col buffer.")
 
 
+def _check_ids(ids, Py_ssize_t bound, str name):
+    """``ids`` as a C-contiguous intp array of distinct ids in [0, bound), or None for all."""
+    if ids is None:
+        return None
+    ids = np.ascontiguousarray(ids, dtype=np.intp)
+    if ids.ndim != 1:
+        raise ValueError(f"conv2d_backward: {name} must be 1-D; got shape {ids.shape}.")
+    if ids.shape[0] and (ids.min() < 0 or ids.max() >= bound):
+        raise ValueError(f"conv2d_backward: {name} must lie in [0, {bound}).")
+    if np.unique(ids).shape[0] != ids.shape[0]:
+        raise ValueError(f"conv2d_backward: {name} must not repeat an id.")
+    return ids
+
+
 def conv2d_backward(const float[:, ::1] X,      # IN (N, C*H*W)
                     const float[:, ::1] Wt,     # IN (F, C*KH*KW)
                     const float[:, ::1] dout,   # IN (N, F*Ho*Wo) gradient w.r.t. the output
@@ -135,10 +205,22 @@ def conv2d_backward(const float[:, ::1] X,      # IN (N, C*H*W)
                     float[::1] dbias,           # OUT (F,) or empty (not computed)
                     float[:, ::1] dX,           # OUT (N, C*H*W) or empty (not computed)
                     int C, int H, int W, int KH, int KW, int stride=1, int pad=0,
-                    float scale=1.0, int n_threads=1):
-    """Gradients of a convolution: ``dW = scale Σ_n dout[n] im2col(X[n])ᵀ``, ``dbias = scale Σ
-    dout``, ``dX[n] = col2im(Wtᵀ dout[n])`` (not scaled). Pass an empty array (shape 0) for a
-    gradient that is not needed."""
+                    float scale=1.0, int n_threads=1, example_ids=None, output_channels=None):
+    """Gradients of a convolution, optionally from a subset of the terms of each sum.
+
+    ``dW = scale Σ_{n in example_ids} dout[n] im2col(X[n])ᵀ``; ``dbias = scale Σ_n Σ_q
+    dout[n, f, q]`` (always over every example); ``dX[n] = col2im(Wt[S]ᵀ dout[n, S])`` with ``S``
+    the ``output_channels`` (not scaled). The work of the weight and input gradients is
+    proportional to the ids kept. Pass an empty array (shape 0) for a gradient that is not
+    needed.
+
+    Parameters
+    ----------
+    example_ids : array-like of int, default=None
+        Distinct examples (rows of ``X`` and ``dout``) summed into ``dW``; None for all.
+    output_channels : array-like of int, default=None
+        Distinct output channels summed into ``dX``; None for all.
+    """
     cdef Py_ssize_t N = X.shape[0], F = Wt.shape[0]
     Ho, Wo = _check_conv(X, Wt, C, H, W, KH, KW, stride, pad, n_threads)
     cdef int ho = Ho, wo = Wo, P = Ho * Wo, K = C * KH * KW
@@ -151,53 +233,207 @@ def conv2d_backward(const float[:, ::1] X,      # IN (N, C*H*W)
         raise ValueError(f"conv2d_backward: dbias has {dbias.shape[0]} entries, expected {F}.")
     if want_x and (dX.shape[0] != N or dX.shape[1] != X.shape[1]):
         raise ValueError(f"conv2d_backward: dX is {(dX.shape[0], dX.shape[1])}, expected {(N, X.shape[1])}.")
+    examples = _check_ids(example_ids, N, "example_ids")
+    channels = _check_ids(output_channels, F, "output_channels")
+    cdef const Py_ssize_t[::1] ex = examples if examples is not None else np.arange(N, dtype=np.intp)
+    cdef const Py_ssize_t[::1] ch = channels if channels is not None else np.arange(F, dtype=np.intp)
+    # the kept rows of Wt, gathered once (all of Wt without a channel subset)
+    cdef const float[:, ::1] Wk = Wt if channels is None else np.ascontiguousarray(np.asarray(Wt)[channels])
+    cdef Py_ssize_t n_ex = ex.shape[0]
+    cdef int Fk = ch.shape[0]
+    cdef bint gather_x = channels is not None
+    cdef bint do_w = want_w and n_ex > 0 and F > 0, do_x = want_x and Fk > 0
     cdef int nt = max(1, min(n_threads, N)) if N > 0 else 1
-    cdef float[:, :, ::1] part_w = np.zeros((nt if want_w else 0, F, K), dtype=np.float32)
+    cdef float[:, :, ::1] part_w = np.zeros((nt if do_w else 0, F, K), dtype=np.float32)
     cdef double[:, ::1] part_b = np.zeros((nt if want_b else 0, F), dtype=np.float64)
-    cdef Py_ssize_t n, f, q, t, j
+    cdef Py_ssize_t n, e, f, q
     cdef int tid
     cdef float* cols
+    cdef float* dsel
     cdef const float* d
     cdef double acc
     cdef int failed = 0
     cdef int* failed_ptr = &failed
-    if N > 0 and F > 0:
+    if want_x and not do_x:
+        np.asarray(dX)[...] = 0.0
+    if N > 0 and (do_w or want_b or do_x):
         with nogil, parallel(num_threads=nt):
             tid = omp_get_thread_num()
             cols = <float*> malloc(<size_t> K * P * sizeof(float))
-            if cols == NULL:
+            dsel = <float*> malloc(<size_t> Fk * P * sizeof(float)) if gather_x and Fk > 0 else NULL
+            if cols == NULL or (gather_x and Fk > 0 and dsel == NULL):
                 failed_ptr[0] = 1
-            for n in prange(N, schedule="static"):
-                if cols == NULL:
-                    continue
-                d = &dout[n, 0]
-                if want_w:
+            if do_w:
+                for e in prange(n_ex, schedule="static"):
+                    if cols == NULL:
+                        continue
+                    n = ex[e]
                     _im2col(&X[n, 0], C, H, W, KH, KW, stride, pad, ho, wo, cols)
-                    sgemm_rm(False, True, <int> F, K, P, 1.0, d, P, cols, P, 1.0,
+                    sgemm_rm(False, True, <int> F, K, P, 1.0, &dout[n, 0], P, cols, P, 1.0,
                              &part_w[tid, 0, 0], K)
-                if want_b:
-                    for f in range(F):
-                        acc = 0.0
-                        for q in range(P):
-                            acc = acc + d[f * P + q]
-                        part_b[tid, f] = part_b[tid, f] + acc
-                if want_x:
-                    sgemm_rm(True, False, K, P, <int> F, 1.0, &Wt[0, 0], K, d, P, 0.0, cols, P)
-                    _col2im(cols, C, H, W, KH, KW, stride, pad, ho, wo, &dX[n, 0])
+            if want_b or do_x:
+                for n in prange(N, schedule="static"):
+                    d = &dout[n, 0]
+                    if want_b:
+                        for f in range(F):
+                            acc = 0.0
+                            for q in range(P):
+                                acc = acc + d[f * P + q]
+                            part_b[tid, f] = part_b[tid, f] + acc
+                    if do_x and cols != NULL and (dsel != NULL or not gather_x):
+                        if gather_x:
+                            for f in range(Fk):
+                                memcpy(dsel + f * P, d + ch[f] * P, <size_t> P * sizeof(float))
+                            d = dsel
+                        sgemm_rm(True, False, K, P, Fk, 1.0, &Wk[0, 0], K, d, P, 0.0, cols, P)
+                        _col2im(cols, C, H, W, KH, KW, stride, pad, ho, wo, &dX[n, 0])
             free(cols)
+            free(dsel)
     if failed:
-        raise MemoryError("conv2d_backward: could not allocate the im2col buffer.")
+        raise MemoryError("conv2d_backward: could not allocate the im2col buffers.")
     if want_w:
-        total = np.sum(np.asarray(part_w), axis=0, dtype=np.float64) * scale
-        np.asarray(dW)[...] = total
+        if do_w:
+            np.asarray(dW)[...] = np.sum(np.asarray(part_w), axis=0, dtype=np.float64) * scale
+        else:
+            np.asarray(dW)[...] = 0.0
     if want_b:
         np.asarray(dbias)[...] = np.sum(np.asarray(part_b), axis=0) * scale
+
+
+def map_square_sums(const float[:, ::1] A,     # IN (N, M*P)
+                    double[:, ::1] out,        # OUT (N, M)
+                    int n_threads=1):
+    """Squared norm of each map (channel) of every row: ``out[n, m] = Σ_q A[n, m*P + q]²``.
+
+    ``P = A.shape[1] // M`` with ``M = out.shape[1]``. Row sums of ``out`` are the squared row
+    norms, column sums the squared norms of one channel across the batch: the scores of the
+    sampled convolution products, in one parallel pass over ``A``.
+    """
+    cdef Py_ssize_t N = A.shape[0], M = out.shape[1]
+    if out.shape[0] != N or M < 1 or A.shape[1] % M != 0 or n_threads < 1:
+        raise ValueError(f"map_square_sums: A {(A.shape[0], A.shape[1])} does not split into "
+                         f"out {(out.shape[0], out.shape[1])} maps (n_threads={n_threads}).")
+    cdef Py_ssize_t P = A.shape[1] // M, n, m, q, j, stop
+    cdef double acc
+    cdef float part, v
+    cdef const float* a
+    if N == 0:
+        return
+    n_threads = threads_for(n_threads, N * A.shape[1], MIN_ELEMENTS_PER_THREAD)
+    with nogil:
+        for n in prange(N, schedule="static", num_threads=n_threads):
+            for m in range(M):
+                a = &A[n, m * P]
+                acc = 0.0
+                q = 0
+                while q < P:  # float partials of 256 terms (vectorised), summed in double
+                    part = 0.0
+                    stop = min(q + 256, P)
+                    for j in range(q, stop):
+                        v = a[j]
+                        part = part + v * v
+                    acc = acc + part
+                    q = stop
+                out[n, m] = acc
 
 
 # --------------------------------------------------------------------------------------------
 # pooling (non-overlapping windows: window == stride; trailing rows/columns that do not fill a
 # window are dropped, as in PyTorch with ceil_mode=False)
 # --------------------------------------------------------------------------------------------
+
+# 2x2 max pooling (the common case) in SSE2, four windows at a time. In scalar code the window
+# maximum is a data-dependent branch that mispredicts on about every other window of real
+# activations (GCC does not if-convert it under CPython's -fwrapv): 10x slower than this loop.
+# Same result as the scalar rule: the first maximum in row-major window order, a NaN winning.
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(_M_X64)
+    #include <emmintrin.h>
+    #define FF_POOL_SSE2 1
+    static inline void ff_pool_take(__m128 v, __m128i iv, __m128* cur, __m128i* best) {
+        __m128 take = _mm_or_ps(_mm_cmpgt_ps(v, *cur),
+                                _mm_andnot_ps(_mm_cmpunord_ps(*cur, *cur), _mm_cmpunord_ps(v, v)));
+        __m128i ti = _mm_castps_si128(take);
+        *cur = _mm_or_ps(_mm_and_ps(take, v), _mm_andnot_ps(take, *cur));
+        *best = _mm_or_si128(_mm_and_si128(ti, iv), _mm_andnot_si128(ti, *best));
+    }
+    #else
+    #define FF_POOL_SSE2 0
+    #endif
+    /* Windows ox in [0, n4) of one output row (n4 a multiple of 4): r0, r1 the two input rows,
+       base the flat input index of r0[0], W the input width. Returns n4 (0 without SSE2). */
+    static int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int n4,
+                                   float* out, int* argmax) {
+    #if FF_POOL_SSE2
+        int ox;
+        for (ox = 0; ox < n4; ox += 4) {
+            __m128 a0 = _mm_loadu_ps(r0 + 2 * ox), a1 = _mm_loadu_ps(r0 + 2 * ox + 4);
+            __m128 b0 = _mm_loadu_ps(r1 + 2 * ox), b1 = _mm_loadu_ps(r1 + 2 * ox + 4);
+            __m128i i00 = _mm_add_epi32(_mm_set1_epi32(base + 2 * ox), _mm_set_epi32(6, 4, 2, 0));
+            __m128i one = _mm_set1_epi32(1), row = _mm_set1_epi32(W);
+            __m128 cur = _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128i best = i00;
+            ff_pool_take(_mm_shuffle_ps(a0, a1, _MM_SHUFFLE(3, 1, 3, 1)), _mm_add_epi32(i00, one), &cur, &best);
+            ff_pool_take(_mm_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)), _mm_add_epi32(i00, row), &cur, &best);
+            ff_pool_take(_mm_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1)),
+                         _mm_add_epi32(_mm_add_epi32(i00, row), one), &cur, &best);
+            _mm_storeu_ps(out + ox, cur);
+            _mm_storeu_si128((__m128i*) (argmax + ox), best);
+        }
+        return n4;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int n4,
+                            float* out, int* argmax) noexcept nogil
+
+
+cdef void _max_pool_one(const float* x, float* out, int* argmax, int C, int H, int W,
+                        int PH, int PW) noexcept nogil:
+    """Max pooling of one image; ``argmax`` gets the flat input index of each maximum."""
+    cdef int Ho = H // PH, Wo = W // PW
+    cdef int c, oy, ox, i, j, best, idx, done, pos
+    cdef float v, b
+    for c in range(C):
+        for oy in range(Ho):
+            pos = (c * Ho + oy) * Wo
+            done = 0
+            if PH == 2 and PW == 2:
+                idx = (c * H + oy * 2) * W
+                done = ff_max_pool_2x2_row(x + idx, x + idx + W, idx, W, Wo - Wo % 4,
+                                           out + pos, argmax + pos)
+            for ox in range(done, Wo):
+                best = (c * H + oy * PH) * W + ox * PW
+                b = x[best]
+                for i in range(PH):
+                    for j in range(PW):
+                        idx = (c * H + oy * PH + i) * W + ox * PW + j
+                        v = x[idx]
+                        if v > b or (v != v and b == b):
+                            b = v
+                            best = idx
+                out[pos + ox] = b
+                argmax[pos + ox] = best
+
+
+cdef void _avg_pool_one(const float* x, float* out, int C, int H, int W, int PH, int PW) noexcept nogil:
+    """Average pooling of one image."""
+    cdef int Ho = H // PH, Wo = W // PW
+    cdef int c, oy, ox, i, j
+    cdef double acc
+    cdef float inv = 1.0 / (PH * PW)
+    for c in range(C):
+        for oy in range(Ho):
+            for ox in range(Wo):
+                acc = 0.0
+                for i in range(PH):
+                    for j in range(PW):
+                        acc = acc + x[(c * H + oy * PH + i) * W + ox * PW + j]
+                out[(c * Ho + oy) * Wo + ox] = <float> (acc * inv)
+
 
 def pool_forward(const float[:, ::1] X,     # IN (N, C*H*W)
                  float[:, ::1] out,         # OUT (N, C*Ho*Wo)
@@ -217,37 +453,14 @@ def pool_forward(const float[:, ::1] X,     # IN (N, C*H*W)
     if is_max and (argmax.shape[0] != N or argmax.shape[1] != C * Ho * Wo):
         raise ValueError("pool: argmax must have the shape of out for max pooling.")
     cdef Py_ssize_t n
-    cdef int c, oy, ox, i, j, best, pos
-    cdef float v, b
-    cdef double acc
-    cdef float inv = 1.0 / (PH * PW)
-    cdef const float* x
     if N == 0:
         return
     with nogil:
         for n in prange(N, schedule="static", num_threads=n_threads):
-            x = &X[n, 0]
-            for c in range(C):
-                for oy in range(Ho):
-                    for ox in range(Wo):
-                        pos = (c * Ho + oy) * Wo + ox
-                        if is_max:
-                            best = c * H * W + (oy * PH) * W + ox * PW
-                            b = x[best]
-                            for i in range(PH):
-                                for j in range(PW):
-                                    v = x[c * H * W + (oy * PH + i) * W + ox * PW + j]
-                                    if v > b or (v != v and b == b):
-                                        b = v
-                                        best = c * H * W + (oy * PH + i) * W + ox * PW + j
-                            out[n, pos] = b
-                            argmax[n, pos] = best
-                        else:
-                            acc = 0.0
-                            for i in range(PH):
-                                for j in range(PW):
-                                    acc = acc + x[c * H * W + (oy * PH + i) * W + ox * PW + j]
-                            out[n, pos] = <float> (acc * inv)
+            if is_max:
+                _max_pool_one(&X[n, 0], &out[n, 0], &argmax[n, 0], C, H, W, PH, PW)
+            else:
+                _avg_pool_one(&X[n, 0], &out[n, 0], C, H, W, PH, PW)
 
 
 def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)

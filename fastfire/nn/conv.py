@@ -13,6 +13,7 @@ from fastfire._core._conv import (
     conv2d_backward,
     conv2d_forward,
     conv_output_size,
+    map_square_sums,
     pool_backward,
     pool_forward,
 )
@@ -174,12 +175,13 @@ class Conv2D:
         W2 = self.coef.reshape(F, -1)
         if training and isinstance(sel, ConvSampling) and sel.mode == "forward":
             k = sel.k(C)
-            Xc = X.reshape(n, C, -1)
-            scores = (np.sqrt(np.einsum("ncp,ncp->c", Xc, Xc, dtype=np.float64))
-                      * np.sqrt(np.einsum("fcij,fcij->c", self.coef, self.coef, dtype=np.float64)))
-            self._channels = _top(scores, k)
+            if k < C:
+                scores = (np.sqrt(self._map_norms(X, C, n_threads).sum(axis=0))
+                          * np.sqrt(np.einsum("fcij,fcij->c", self.coef, self.coef, dtype=np.float64)))
+                self._channels = _top(scores, k)
         if self._channels is not None:
             ch = self._channels
+            Xc = X.reshape(n, C, -1)
             Xs = np.ascontiguousarray(Xc[:, ch].reshape(n, -1))
             Ws = np.ascontiguousarray(self.coef[:, ch].reshape(F, -1))
             conv2d_forward(Xs, Ws, self.intercept, out,
@@ -200,6 +202,12 @@ class Conv2D:
         self._inputs = inputs if training else None
         return inputs.from_dense(out)
 
+    def _map_norms(self, A, maps, n_threads):
+        """Squared norm of each of the ``maps`` channels of every row of ``A``: ``(n, maps)``."""
+        out = np.empty((A.shape[0], maps), np.float64)
+        map_square_sums(A, out, n_threads)
+        return out
+
     def backward(self, delta, n_threads, need_input_grad=True):
         """Gradients from ``delta`` = dLoss/d(pre-activation) ``(n, F*Ho*Wo)``; returns the
         input gradient ``(n, C*H*W)`` (or None)."""
@@ -210,12 +218,10 @@ class Conv2D:
         sel = self.selector
         scale = 1.0 / n
         n_threads = _threads(self._macs(C, n), n_threads, _GRAIN_MACS)
-        # bias gradient: mean over samples of the per-map sums
-        self.intercept_grad[...] = delta.reshape(n, F, -1).sum(axis=(0, 2), dtype=np.float64) * scale
         if need_input_grad:
             self._input_grad, input_grad = _rows(self._input_grad, n, self.n_in)
         else:
-            input_grad = None
+            input_grad = _EMPTY2
         exact_macs = self._macs(C, n) * (2 if need_input_grad else 1)
         self.macs_exact += exact_macs
         if self._channels is not None:  # back through the forward sample of input channels
@@ -224,51 +230,37 @@ class Conv2D:
             k = len(ch)
             dWs = np.empty((F, k * self.coef.shape[2] * self.coef.shape[3]), np.float32)
             dXs = np.empty((n, Xs.shape[1]), np.float32) if need_input_grad else _EMPTY2
-            conv2d_backward(Xs, Ws, delta, dWs, _EMPTY1, dXs, scale=scale, n_threads=n_threads,
-                            **self._geometry(k))
+            conv2d_backward(Xs, Ws, delta, dWs, self.intercept_grad, dXs, scale=scale,
+                            n_threads=n_threads, **self._geometry(k))
             self.coef_grad[...] = 0.0
             self.coef_grad[:, ch] = dWs.reshape(F, k, *self.coef.shape[2:])
             if need_input_grad:
                 input_grad[...] = 0.0
                 input_grad.reshape(n, C, -1)[:, ch] = dXs.reshape(n, k, -1)
             self.macs_done += self._macs(k, n) * (2 if need_input_grad else 1)
-            return input_grad
+            return input_grad if need_input_grad else None
         W2 = self.coef.reshape(F, -1)
         g2 = self.coef_grad.reshape(F, -1)
+        rows = channels = None
         if isinstance(sel, ConvSampling) and sel.mode == "backward":
-            d3 = delta.reshape(n, F, -1)
-            # weight gradient from the top-k examples
-            s_ex = np.linalg.norm(X, axis=1) * np.linalg.norm(delta, axis=1)
-            rows = _top(s_ex, sel.k(n))
-            if rows is None:
-                conv2d_backward(X, W2, delta, g2, _EMPTY1, _EMPTY2, scale=scale,
-                                n_threads=n_threads, **self._geometry(C))
-                self.macs_done += self._macs(C, n)
-            else:
-                conv2d_backward(np.ascontiguousarray(X[rows]), W2, np.ascontiguousarray(delta[rows]),
-                                g2, _EMPTY1, _EMPTY2, scale=scale, n_threads=n_threads,
-                                **self._geometry(C))
-                self.macs_done += self._macs(C, len(rows))
-            if not need_input_grad:
-                return None
-            # input gradient from the top-k output channels
-            s_f = (np.sqrt(np.einsum("nfp,nfp->f", d3, d3, dtype=np.float64))
-                   * np.linalg.norm(W2, axis=1))
-            fs = _top(s_f, sel.k(F))
-            if fs is None:
-                conv2d_backward(X, W2, delta, _EMPTY2, _EMPTY1, input_grad, n_threads=n_threads,
-                                **self._geometry(C))
-                self.macs_done += self._macs(C, n)
-            else:
-                conv2d_backward(X, np.ascontiguousarray(W2[fs]),
-                                np.ascontiguousarray(d3[:, fs].reshape(n, -1)), _EMPTY2, _EMPTY1,
-                                input_grad, n_threads=n_threads, **self._geometry(C))
-                self.macs_done += self._macs(C, n, len(fs))
+            # weight gradient from the top-k examples by ‖x_i‖·‖δ_i‖, input gradient from the
+            # top-k output channels by ‖W[f]‖·‖δ[:, f]‖ (one pass over δ gives both norms)
+            if sel.k(n) < n or (need_input_grad and sel.k(F) < F):
+                d_norms = self._map_norms(delta, F, n_threads)
+                if sel.k(n) < n:
+                    x_norms = self._map_norms(X, 1, n_threads)[:, 0]
+                    rows = _top(np.sqrt(x_norms * d_norms.sum(axis=1)), sel.k(n))
+                if need_input_grad and sel.k(F) < F:
+                    channels = _top(np.sqrt(d_norms.sum(axis=0) * np.einsum("fk,fk->f", W2, W2)),
+                                    sel.k(F))
+        conv2d_backward(X, W2, delta, g2, self.intercept_grad, input_grad, scale=scale,
+                        n_threads=n_threads, example_ids=rows, output_channels=channels,
+                        **self._geometry(C))
+        self.macs_done += self._macs(C, n if rows is None else len(rows))
+        if need_input_grad:
+            self.macs_done += self._macs(C, n, F if channels is None else len(channels))
             return input_grad
-        conv2d_backward(X, W2, delta, g2, _EMPTY1, input_grad if need_input_grad else _EMPTY2,
-                        scale=scale, n_threads=n_threads, **self._geometry(C))
-        self.macs_done += exact_macs
-        return input_grad
+        return None
 
     def activation_backward(self, outputs, grad, n_threads):
         """In place: dLoss/d(outputs) → dLoss/d(pre-activation)."""

@@ -6,6 +6,7 @@ from fastfire._core._conv import (
     conv2d_backward,
     conv2d_forward,
     conv_output_size,
+    map_square_sums,
     pool_backward,
     pool_forward,
 )
@@ -52,6 +53,9 @@ CASES = [  # C, H, W, F, KH, KW, stride, pad
     (2, 9, 8, 3, 3, 2, 2, 1),
     (4, 5, 5, 5, 1, 1, 1, 0),
     (2, 8, 8, 3, 5, 5, 3, 2),
+    (2, 6, 7, 3, 5, 5, 1, 2),  # stride 1, same padding: the contiguous im2col/col2im runs
+    (1, 3, 2, 2, 3, 3, 1, 2),  # padding wider than the image needs: rows of zeros only
+    (1, 2, 2, 2, 5, 5, 1, 3),
 ]
 
 
@@ -81,6 +85,53 @@ def test_conv_forward_and_backward_match_numpy(case, n_threads):
     np.testing.assert_allclose(dW.reshape(rdW.shape), 0.5 * rdW, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(db, 0.5 * rdb, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dX.reshape(rdX.shape), rdX, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_conv_backward_on_subsets_of_examples_and_output_channels(n_threads):
+    C, H, W, F, K, s, p, N = 3, 6, 5, 5, 3, 1, 1, 7
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    Wt = rng.standard_normal((F, C, K, K)).astype(np.float32)
+    dout = rng.standard_normal((N, F, H, W)).astype(np.float32)
+    rows, channels = np.array([5, 0, 3]), np.array([4, 1])
+    dW = np.full((F, C * K * K), np.nan, np.float32)
+    db = np.full(F, np.nan, np.float32)
+    dX = np.full((N, C * H * W), np.nan, np.float32)
+    conv2d_backward(X.reshape(N, -1), Wt.reshape(F, -1), dout.reshape(N, -1), dW, db, dX,
+                    C=C, H=H, W=W, KH=K, KW=K, stride=s, pad=p, scale=0.25, n_threads=n_threads,
+                    example_ids=rows, output_channels=channels)
+    rdW, _, _ = conv_grads_reference(X[rows], Wt, dout[rows], s, p)
+    _, rdb, _ = conv_grads_reference(X, Wt, dout, s, p)
+    _, _, rdX = conv_grads_reference(X, Wt[channels], dout[:, channels], s, p)
+    np.testing.assert_allclose(dW.reshape(rdW.shape), 0.25 * rdW, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, 0.25 * rdb, rtol=1e-5, atol=1e-5)  # every example
+    np.testing.assert_allclose(dX.reshape(rdX.shape), rdX, rtol=1e-4, atol=1e-4)
+    # empty subsets: zero gradients
+    conv2d_backward(X.reshape(N, -1), Wt.reshape(F, -1), dout.reshape(N, -1), dW, E1, dX,
+                    C=C, H=H, W=W, KH=K, KW=K, stride=s, pad=p, example_ids=[], output_channels=[])
+    assert not dW.any() and not dX.any()
+
+
+@pytest.mark.parametrize("ids", [[7], [-1], [1, 1], [[0]]])
+def test_conv_backward_rejects_bad_subsets(ids):
+    X = np.zeros((7, 16), np.float32)
+    dout = np.zeros((7, 2 * 16), np.float32)
+    for key in ("example_ids", "output_channels"):  # 7 examples, 2 output channels
+        with pytest.raises(ValueError, match=key):
+            conv2d_backward(X, np.zeros((2, 9), np.float32), dout, np.zeros((2, 9), np.float32), E1,
+                            E2, C=1, H=4, W=4, KH=3, KW=3, pad=1, **{key: ids})
+
+
+def test_map_square_sums_match_numpy():
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((9, 4 * 300)).astype(np.float32)  # maps longer than a 256-term block
+    out = np.empty((9, 4))
+    map_square_sums(A, out, n_threads=2)
+    ref = (A.astype(np.float64).reshape(9, 4, 300) ** 2).sum(axis=2)
+    np.testing.assert_allclose(out, ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="maps"):
+        map_square_sums(A, np.empty((9, 7)))
 
 
 def test_conv_gradients_by_finite_differences():
@@ -135,7 +186,7 @@ def pool_reference(X, ph, pw, kind):
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("shape,window", [((2, 6, 6), (2, 2)), ((3, 7, 5), (2, 2)), ((1, 1, 9), (1, 3)),
-                                          ((2, 6, 6), (3, 2))])
+                                          ((2, 6, 6), (3, 2)), ((2, 5, 21), (2, 2)), ((1, 4, 16), (2, 2))])
 def test_pooling_matches_numpy(kind, shape, window):
     rng = np.random.default_rng(3)
     C, H, W = shape
@@ -165,6 +216,26 @@ def test_pooling_matches_numpy(kind, shape, window):
                     else:
                         ref[n, c, y * ph:(y + 1) * ph, x * pw:(x + 1) * pw] += R[n, c, y, x] / (ph * pw)
     np.testing.assert_allclose(dX.reshape(N, C, H, W), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pooling_ties_and_nans_match_numpy_argmax():
+    # widths of 8+ windows go through the vectorised 2x2 path: same rule as the scalar one
+    rng = np.random.default_rng(4)
+    N, C, H, W = 3, 2, 6, 21
+    X = rng.integers(-2, 3, (N, C, H, W)).astype(np.float32)  # many ties
+    X[0, 0, 0, 3] = X[1, 1, 3, 10] = X[2, 0, 5, 20] = np.nan
+    X[0, 1, 2:4, 4:6] = np.nan
+    Ho, Wo = H // 2, W // 2
+    out = np.empty((N, C * Ho * Wo), np.float32)
+    argmax = np.empty((N, C * Ho * Wo), np.int32)
+    pool_forward(X.reshape(N, -1), out, argmax, C=C, H=H, W=W, PH=2, PW=2, is_max=True, n_threads=1)
+    blocks = X[:, :, :, : 2 * Wo].reshape(N, C, Ho, 2, Wo, 2).transpose(0, 1, 2, 4, 3, 5)
+    first = blocks.reshape(N, C, Ho, Wo, 4).argmax(axis=-1)  # first maximum, NaN wins
+    a, b = np.divmod(first, 2)
+    c, oy, ox = np.meshgrid(np.arange(C), np.arange(Ho), np.arange(Wo), indexing="ij")
+    expected = c * H * W + (2 * oy + a) * W + 2 * ox + b
+    np.testing.assert_array_equal(argmax.reshape(N, C, Ho, Wo), expected)
+    np.testing.assert_array_equal(out.reshape(N, C, Ho, Wo), pool_reference(X, 2, 2, "max"))
 
 
 def test_bad_shapes_raise():
