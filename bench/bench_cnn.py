@@ -102,8 +102,13 @@ def epoch_timing(configs, seeds, args, threads, X, y, Xt, yt):
                 clf.fit(X, y)
                 state["times"][key].append(time.perf_counter() - t0)
             state["epochs_done"] += 1
+            if args.curve:  # test accuracy after every epoch (outside the timed fits)
+                for key, clf in state["models"].items():
+                    state.setdefault("curves", {}).setdefault(key, []).append(float(clf.score(Xt, yt)))
             print(f"round {state['epochs_done']}: " + ", ".join(
-                f"{c}/{s} {state['times'][(c, s)][-1]:.2f}s" for c, s in state["models"]), flush=True)
+                f"{c}/{s} {state['times'][(c, s)][-1]:.2f}s"
+                + (f" acc {state['curves'][(c, s)][-1]:.4f}" if args.curve else "")
+                for c, s in state["models"]), flush=True)
             if args.checkpoint:
                 with open(args.checkpoint + ".tmp", "wb") as f:
                     pickle.dump(state, f)
@@ -125,7 +130,8 @@ def epoch_timing(configs, seeds, args, threads, X, y, Xt, yt):
                      "test_accuracy": float(clf.score(Xt, yt)), "final_loss": clf.loss_,
                      "conv_mac_fraction": conv_mac_fraction(clf), "epoch_seconds": secs,
                      "median_epoch_s": statistics.median(secs), "speedup_vs_exact": ratio,
-                     "median_speedup": statistics.median(ratio)})
+                     "median_speedup": statistics.median(ratio),
+                     "test_accuracy_curve": state.get("curves", {}).get((c, s))})
     for r in rows:
         exact = next(e for e in rows if e["config"] == configs[0] and e["seed"] == r["seed"])
         r["delta_points"] = 100 * (r["test_accuracy"] - exact["test_accuracy"])
@@ -263,6 +269,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="pickle of the models, to split a long run")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: stop after the last round that fits (with --checkpoint)")
+    p.add_argument("--curve", action="store_true", help="test accuracy after every epoch")
     p.add_argument("--phase-timing", action="store_true")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=40)

@@ -56,6 +56,12 @@ class ConvSampling(Selector):
       with the largest ``‖W[f]‖·‖dout[:, f]‖``, the weight gradient from the examples ``i``
       with the largest ``‖X[i]‖·‖dout[i]‖``.
 
+    The work follows ``k``: the forward mode convolves the ``k`` gathered channels (im2col,
+    both GEMMs and col2im of the backward pass on ``k`` channels); the backward mode runs the
+    weight gradient's im2col and GEMM on the ``k`` examples only and the input gradient's GEMM
+    on the ``k`` output channels (its col2im stays full size). The scores take one parallel
+    pass over the layer's input and one over ``dout``.
+
     Parameters
     ----------
     ratio : float in (0, 1], default=0.5
