@@ -45,6 +45,23 @@ cdef inline void _valid_range(int size, int offset, int stride, int out_size,
         hi[0] = lo[0]
 
 
+cdef inline void _zero_outside(float* block, int y0, int y1, int x0, int x1, int Wo) noexcept nogil:
+    """Zero the entries of a ``(Ho, Wo)`` block outside the rows [y0, y1) x columns [x0, x1)
+    that a contiguous run from (y0, x0) to (y1 - 1, x1 - 1) covers: the start of row y0, the end
+    of row y1 - 1 and the gap of ``Wo - x1 + x0`` entries between consecutive rows. The gaps are
+    zeroed column by column (strided stores): written row by row, GCC turns each short loop into
+    a memset call, thousands per image."""
+    cdef int oy, t
+    cdef int gap = Wo - x1 + x0
+    for t in range(x0):
+        block[y0 * Wo + t] = 0.0
+    for t in range(x1, Wo):
+        block[(y1 - 1) * Wo + t] = 0.0
+    for t in range(gap):
+        for oy in range(y0, y1 - 1):
+            block[oy * Wo + x1 + t] = 0.0
+
+
 cdef void _im2col(const float* x, int C, int H, int W, int KH, int KW, int stride, int pad,
                   int Ho, int Wo, float* cols) noexcept nogil:
     """cols[(c*KH + i)*KW + j, oy*Wo + ox] = x[c, oy*stride - pad + i, ox*stride - pad + j] (0 outside).
@@ -76,16 +93,17 @@ cdef void _im2col(const float* x, int C, int H, int W, int KH, int KW, int strid
                 if flat:
                     length = (y1 - y0 - 1) * Wo + (x1 - x0)
                     memcpy(row + y0 * Wo + x0, src, <size_t> length * sizeof(float))
+                    _zero_outside(row, y0, y1, x0, x1, Wo)
+                    continue
                 for oy in range(y0, y1):
                     dst = row + oy * Wo
                     for ox in range(x0):
                         dst[ox] = 0.0
                     for ox in range(x1, Wo):
                         dst[ox] = 0.0
-                    if not flat:
-                        for t in range(x1 - x0):
-                            dst[x0 + t] = src[t * stride]
-                        src = src + stride * W
+                    for t in range(x1 - x0):
+                        dst[x0 + t] = src[t * stride]
+                    src = src + stride * W
 
 
 cdef void _col2im(float* cols, int C, int H, int W, int KH, int KW, int stride, int pad,
@@ -111,11 +129,7 @@ cdef void _col2im(float* cols, int C, int H, int W, int KH, int KW, int stride, 
                 row = cols + ((c * KH + i) * KW + j) * Ho * Wo
                 dst = x + (c * H + y0 * stride - pad + i) * W + x0 * stride + j - pad
                 if flat:
-                    for oy in range(y0, y1):
-                        for ox in range(x0):
-                            row[oy * Wo + ox] = 0.0
-                        for ox in range(x1, Wo):
-                            row[oy * Wo + ox] = 0.0
+                    _zero_outside(row, y0, y1, x0, x1, Wo)
                     src = row + y0 * Wo + x0
                     length = (y1 - y0 - 1) * Wo + (x1 - x0)
                     for t in range(length):
