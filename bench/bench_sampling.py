@@ -27,13 +27,14 @@ from fastfire.nn.sampling import ColumnRowSampling
 
 def parse_selection(spec, seed):
     """A ``--configs`` entry as the estimator's ``selection``: ``"dense"``,
-    ``"scheme:ratio:mode"`` (every layer), or one such spec per weight layer joined by ``/``
-    (e.g. ``topk:0.3:backward/topk:0.3:backward/dense``)."""
+    ``"scheme:ratio:mode"`` or ``"scheme:ratio:mode:dropped"`` (every layer), or one such spec
+    per weight layer joined by ``/`` (e.g. ``topk:0.3:backward/topk:0.3:forward:mean/dense``)."""
     def one(part):
         if part == "dense":
             return "dense"
-        scheme, ratio, mode = part.split(":")
-        return ColumnRowSampling(scheme=scheme, ratio=float(ratio), mode=mode, random_state=seed)
+        scheme, ratio, mode, *dropped = part.split(":")
+        return ColumnRowSampling(scheme=scheme, ratio=float(ratio), mode=mode, random_state=seed,
+                                 dropped=dropped[0] if dropped else "zero")
     parts = spec.split("/")
     return one(parts[0]) if len(parts) == 1 else [one(q) for q in parts]
 
