@@ -27,14 +27,19 @@ from fastfire.nn.sampling import ColumnRowSampling
 
 def parse_selection(spec, seed):
     """A ``--configs`` entry as the estimator's ``selection``: ``"dense"``,
-    ``"scheme:ratio:mode"`` or ``"scheme:ratio:mode:dropped"`` (every layer), or one such spec
-    per weight layer joined by ``/`` (e.g. ``topk:0.3:backward/topk:0.3:forward:mean/dense``)."""
+    ``"scheme:ratio:mode"`` (every layer), or one such spec per weight layer joined by ``/``
+    (e.g. ``topk:0.3:backward/topk:0.3:forward/dense``). Flags may follow the mode: ``:mean``
+    (``dropped="mean"``), ``:formed`` (``factored_update=False``)."""
     def one(part):
         if part == "dense":
             return "dense"
-        scheme, ratio, mode, *dropped = part.split(":")
+        scheme, ratio, mode, *flags = part.split(":")
+        unknown = set(flags) - {"mean", "formed"}
+        if unknown:
+            raise ValueError(f"unknown flags {sorted(unknown)} in {part!r}")
         return ColumnRowSampling(scheme=scheme, ratio=float(ratio), mode=mode, random_state=seed,
-                                 dropped=dropped[0] if dropped else "zero")
+                                 dropped="mean" if "mean" in flags else "zero",
+                                 factored_update="formed" not in flags)
     parts = spec.split("/")
     return one(parts[0]) if len(parts) == 1 else [one(q) for q in parts]
 

@@ -520,7 +520,57 @@ cdef extern from *:
             g[c] = s;
         }
     }
+    /* Four rows at once (the loads of right shared): g + i * FF_OUTER_BLOCK gets
+       sum_j a[i * k + j] * right[j, 0:width] for i < 4, with the arithmetic of the one-row
+       kernel (the same FMA chain per entry, so the same bits). */
+    __attribute__((target("avx2,fma")))
+    static void ff_outer_block4_fma(float *g, const float *a, const float *right, Py_ssize_t ld,
+                                    Py_ssize_t k, Py_ssize_t width) {
+        Py_ssize_t c = 0, j;
+        const float *a0 = a, *a1 = a + k, *a2 = a + 2 * k, *a3 = a + 3 * k;
+        float *g0 = g, *g1 = g + FF_OUTER_BLOCK, *g2 = g + 2 * FF_OUTER_BLOCK,
+              *g3 = g + 3 * FF_OUTER_BLOCK;
+        for (; c + 16 <= width; c += 16) {
+            __m256 s00 = _mm256_setzero_ps(), s01 = _mm256_setzero_ps(),
+                   s10 = _mm256_setzero_ps(), s11 = _mm256_setzero_ps(),
+                   s20 = _mm256_setzero_ps(), s21 = _mm256_setzero_ps(),
+                   s30 = _mm256_setzero_ps(), s31 = _mm256_setzero_ps();
+            for (j = 0; j < k; j++) {
+                const float *r = right + j * ld + c;
+                const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
+                __m256 aj = _mm256_broadcast_ss(a0 + j);
+                s00 = _mm256_fmadd_ps(aj, r0, s00);
+                s01 = _mm256_fmadd_ps(aj, r1, s01);
+                aj = _mm256_broadcast_ss(a1 + j);
+                s10 = _mm256_fmadd_ps(aj, r0, s10);
+                s11 = _mm256_fmadd_ps(aj, r1, s11);
+                aj = _mm256_broadcast_ss(a2 + j);
+                s20 = _mm256_fmadd_ps(aj, r0, s20);
+                s21 = _mm256_fmadd_ps(aj, r1, s21);
+                aj = _mm256_broadcast_ss(a3 + j);
+                s30 = _mm256_fmadd_ps(aj, r0, s30);
+                s31 = _mm256_fmadd_ps(aj, r1, s31);
+            }
+            _mm256_storeu_ps(g0 + c, s00); _mm256_storeu_ps(g0 + c + 8, s01);
+            _mm256_storeu_ps(g1 + c, s10); _mm256_storeu_ps(g1 + c + 8, s11);
+            _mm256_storeu_ps(g2 + c, s20); _mm256_storeu_ps(g2 + c + 8, s21);
+            _mm256_storeu_ps(g3 + c, s30); _mm256_storeu_ps(g3 + c + 8, s31);
+        }
+        if (c < width) {
+            ff_outer_block_fma(g0 + c, a0, right + c, ld, k, width - c);
+            ff_outer_block_fma(g1 + c, a1, right + c, ld, k, width - c);
+            ff_outer_block_fma(g2 + c, a2, right + c, ld, k, width - c);
+            ff_outer_block_fma(g3 + c, a3, right + c, ld, k, width - c);
+        }
+    }
     #endif
+    static int ff_outer_use_fma(void) {
+    #ifdef FF_OUTER_FMA
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
     /* g[0:width] = sum_j a[j] * right[j, 0:width] (rows of right ld apart), j in order. */
     static void ff_outer_block(float *g, const float *a, const float *right, Py_ssize_t ld,
                                Py_ssize_t k, Py_ssize_t width) {
@@ -538,6 +588,29 @@ cdef extern from *:
             const float *r = right + j * ld;
             for (c = 0; c < width; c++)
                 g[c] += aj * r[c];
+        }
+    }
+    /* Adam over four rows (ld_param apart) whose gradients are sum_j a[i * k + j] * right[j, :],
+       formed in blocks in the scratch g (4 * FF_OUTER_BLOCK); adds each row's squared entries
+       before the update to sums[i]. */
+    static void ff_adam_outer_rows4(
+            float *param, float *m, float *v, Py_ssize_t ld_param, Py_ssize_t p, const float *a,
+            Py_ssize_t k, const float *right, Py_ssize_t ld, float *g, float lr, float b1,
+            float b2, float one_b1, float one_b2, float eps, float l2, double *sums) {
+        Py_ssize_t c0, width, i;
+        for (c0 = 0; c0 < p; c0 += FF_OUTER_BLOCK) {
+            width = p - c0 < FF_OUTER_BLOCK ? p - c0 : FF_OUTER_BLOCK;
+    #ifdef FF_OUTER_FMA
+            if (ff_outer_use_fma())
+                ff_outer_block4_fma(g, a, right + c0, ld, k, width);
+            else
+    #endif
+                for (i = 0; i < 4; i++)
+                    ff_outer_block(g + i * FF_OUTER_BLOCK, a + i * k, right + c0, ld, k, width);
+            for (i = 0; i < 4; i++)
+                sums[i] += ff_adam_update(param + i * ld_param + c0, g + i * FF_OUTER_BLOCK,
+                                          m + i * ld_param + c0, v + i * ld_param + c0, width,
+                                          lr, b1, b2, one_b1, one_b2, eps, l2);
         }
     }
     /* Adam over one row of p entries whose gradient is sum_j a[j] * right[j, :], formed in
@@ -564,6 +637,10 @@ cdef extern from *:
                              Py_ssize_t k, const float* right, Py_ssize_t ld, float* g, float lr,
                              float b1, float b2, float one_b1, float one_b2, float eps,
                              float l2) noexcept nogil
+    void ff_adam_outer_rows4(float* param, float* m, float* v, Py_ssize_t ld_param, Py_ssize_t p,
+                             const float* a, Py_ssize_t k, const float* right, Py_ssize_t ld,
+                             float* g, float lr, float b1, float b2, float one_b1, float one_b2,
+                             float eps, float l2, double* sums) noexcept nogil
 
 
 def _check_outer(name, param, left, right, **state):
@@ -675,15 +752,24 @@ def adam_step_outer(float[:, ::1] param,          # IN/OUT (n_rows, p)
     n_threads = threads_for(n_threads, n_rows * p, MIN_ELEMENTS_PER_THREAD)
     cdef double[::1] row_sums = np.zeros(n_rows)
     cdef const float* right_ptr = &right[0, 0] if k > 0 else NULL
-    # per thread: a gradient block, then the row's k coefficients
-    cdef float[:, ::1] scratch = np.empty((n_threads, FF_OUTER_BLOCK + k), dtype=np.float32)
+    # per thread: gradient blocks of four rows, then their 4 * k coefficients
+    cdef float[:, ::1] scratch = np.empty((n_threads, 4 * (FF_OUTER_BLOCK + k)), dtype=np.float32)
+    cdef Py_ssize_t n_groups = n_rows // 4, grp, i
     with nogil, parallel(num_threads=n_threads):
         g = &scratch[omp_get_thread_num(), 0]
+        a = g + 4 * FF_OUTER_BLOCK
+        for grp in prange(n_groups, schedule="static"):
+            r = 4 * grp
+            for i in range(4):
+                for j in range(k):
+                    a[i * k + j] = alpha_f * left[j, r + i]
+            ff_adam_outer_rows4(&param[r, 0], &m[r, 0], &v[r, 0], p, p, a, k, right_ptr, p, g,
+                                lr_f, b1, b2, one_b1, one_b2, eps, l2_f, &row_sums[r])
+    for r in range(4 * n_groups, n_rows):  # the last rows, one by one
+        g = &scratch[0, 0]
         a = g + FF_OUTER_BLOCK
-        for r in prange(n_rows, schedule="static"):
-            for j in range(k):
-                a[j] = alpha_f * left[j, r]
-            row_sums[r] = ff_adam_outer_row(&param[r, 0], &m[r, 0], &v[r, 0], p, a, k,
-                                            right_ptr, p, g, lr_f, b1, b2, one_b1, one_b2,
-                                            eps, l2_f)
+        for j in range(k):
+            a[j] = alpha_f * left[j, r]
+        row_sums[r] = ff_adam_outer_row(&param[r, 0], &m[r, 0], &v[r, 0], p, a, k, right_ptr, p,
+                                        g, lr_f, b1, b2, one_b1, one_b2, eps, l2_f)
     return _ordered_sum(row_sums)

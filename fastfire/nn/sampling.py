@@ -75,6 +75,12 @@ class ColumnRowSampling(Selector):
         vector-matrix product). In the ``"forward"`` mode the gradients are those of this
         estimate: the dropped rows of ``W`` get the rank-one gradient
         ``mean(X[:, D]) ⊗ mean(delta)`` and the dropped inputs the gradient of their mean.
+    factored_update : bool, default=True
+        In the ``"backward"`` mode, hand a sampled weight gradient to the optimizer as its
+        factors, the ``k`` kept rows of the input and of ``delta``
+        (:class:`~fastfire.nn.optimizers.OuterGrad`): Adam then forms each block of it in
+        cache right before updating that block and never writes the gradient matrix. False
+        forms the gradient with a GEMM first (the same values up to rounding).
     random_state : int or None, default=None
         Seeds the sampling stream of each layer (together with the layer's shape, so layers of
         different shapes sharing one seed draw differently). None draws a seed from NumPy's
@@ -102,7 +108,8 @@ class ColumnRowSampling(Selector):
     name = "sampled"
 
     def __init__(self, scheme="bernoulli", ratio=0.5, minimal_k=10, mode="forward",
-                 epsilon=0.1, estimate_fraction=0.25, random_state=None, dropped="zero"):
+                 epsilon=0.1, estimate_fraction=0.25, random_state=None, dropped="zero",
+                 factored_update=True):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {sorted(SCHEMES)}; got {scheme!r}.")
         if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
@@ -134,6 +141,7 @@ class ColumnRowSampling(Selector):
         self.estimate_fraction = float(estimate_fraction)
         self.random_state = random_state
         self.dropped = dropped
+        self.factored_update = bool(factored_update)
 
     def make_layer(self, coef, intercept, activation):
         """A :class:`SampledDenseLayer` computing with this selector."""
@@ -296,10 +304,11 @@ class SampledDenseLayer(DenseLayer):
         if n > self._batch_cap:
             self._alloc(n)
         k_batch = effective_k(n, s.ratio, s.minimal_k)
+        factored = getattr(s, "factored_update", True)
         n_kept, exact = self._product(inputs.values, delta, self.coef_grad, True, False, k_batch,
-                                      1.0 / n, n_threads, gather_only=True, a_buf=self._wa_buf,
-                                      b_buf=self._wb_buf)
-        if not exact:  # the kept examples' rows of X (scaled) and of delta
+                                      1.0 / n, n_threads, gather_only=factored,
+                                      a_buf=self._wa_buf, b_buf=self._wb_buf)
+        if factored and not exact:  # the kept examples' rows of X (scaled) and of delta
             self.coef_grad = OuterGrad(
                 self._wa_buf[: n_kept * self.n_in].reshape(n_kept, self.n_in),
                 self._wb_buf[: n_kept * self.n_out].reshape(n_kept, self.n_out),

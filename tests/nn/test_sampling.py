@@ -276,6 +276,15 @@ def test_backward_mode_weight_gradient_is_factored_and_applied_unformed():
             norm_plain = opt_plain.step(plain, [formed, layer.intercept_grad], [1e-3, 0.0], 2)
             np.testing.assert_array_equal(fused[0], plain[0])
             assert norm_fused == pytest.approx(norm_plain, rel=1e-6)
+    # factored_update=False forms the same gradient with a GEMM
+    coef, intercept = layer.coef.copy(), layer.intercept.copy()
+    sel = ColumnRowSampling(scheme="topk", ratio=0.5, minimal_k=2, mode="backward",
+                            random_state=0, factored_update=False)
+    formed_layer = sel.make_layer(coef, intercept, "relu")
+    formed_layer.forward(ActiveSet.from_dense(X), 2, training=True)
+    formed_layer.backward(delta, 2)
+    assert isinstance(formed_layer.coef_grad, np.ndarray)
+    np.testing.assert_allclose(formed_layer.coef_grad, formed, rtol=1e-5, atol=1e-6)
     # an exact weight gradient (k = n = 2 examples) is a plain array again
     layer.forward(ActiveSet.from_dense(X[:2]), 1, training=True)
     layer.backward(delta[:2], 1)
