@@ -68,16 +68,13 @@ class ColumnRowSampling(Selector):
     estimate_fraction : float in (0, 1], default=0.25
         Share of the rows on which ``"topk_estimated"`` computes its scores.
     dropped : {"zero", "mean"}, default="zero"
-        What a top-k product keeps of its dropped pairs: ``"zero"``, nothing (the paper);
-        ``"mean"``, a rank-one term from their means. In the ``"forward"`` and
-        ``"forward_exact_backward"`` modes, over the dropped input features ``D``:
-        ``X @ W ≈ X[:, K] @ W[K] + mean(X[:, D]) @ W[D]``, a correction shared by every row (a
-        vector-matrix product); in the ``"forward"`` mode the gradients are those of this
-        estimate (the dropped rows of ``W`` get the rank-one gradient
-        ``mean(X[:, D]) ⊗ mean(delta)``, the dropped inputs the gradient of their mean). In the
-        ``"backward"`` mode, over the dropped examples ``D`` of the weight gradient:
-        ``Xᵀ delta ≈ X[K]ᵀ delta[K] + |D| · mean(X[D]) ⊗ mean(delta[D])`` (one more row in
-        each factor); the input gradient is unchanged.
+        What the forward product keeps of the dropped input features (``"forward"`` and
+        ``"forward_exact_backward"`` modes with a top-k scheme): ``"zero"``, nothing (the
+        paper); ``"mean"``, their batch mean: ``X @ W ≈ X[:, K] @ W[K] + mean(X[:, D]) @ W[D]``
+        for the kept features ``K`` and the dropped ``D``, a correction shared by every row (a
+        vector-matrix product). In the ``"forward"`` mode the gradients are those of this
+        estimate: the dropped rows of ``W`` get the rank-one gradient
+        ``mean(X[:, D]) ⊗ mean(delta)`` and the dropped inputs the gradient of their mean.
     factored_update : bool, default=True
         In the ``"backward"`` mode, hand a sampled weight gradient to the optimizer as its
         factors, the ``k`` kept rows of the input and of ``delta``
@@ -131,10 +128,10 @@ class ColumnRowSampling(Selector):
             raise ValueError(f"random_state must be an int or None; got {random_state!r}.")
         if dropped not in DROPPED:
             raise ValueError(f"dropped must be one of {list(DROPPED)}; got {dropped!r}.")
-        if dropped == "mean" and scheme not in ("topk", "topk_estimated"):
+        if dropped == "mean" and (scheme not in ("topk", "topk_estimated") or mode == "backward"):
             raise ValueError(
-                "dropped='mean' needs a top-k scheme ('topk', 'topk_estimated'); got "
-                f"scheme={scheme!r}."
+                "dropped='mean' needs a top-k scheme ('topk', 'topk_estimated') and a mode that "
+                f"samples the forward product; got scheme={scheme!r}, mode={mode!r}."
             )
         self.scheme = scheme
         self.ratio = float(ratio)
@@ -266,25 +263,6 @@ class SampledDenseLayer(DenseLayer):
         self._dropped_means = means[0]
         return self._bias_buf
 
-    def _dropped_examples_term(self, X, delta, n_kept, factored, n_threads):
-        """dropped="mean", "backward" mode: the dropped examples' rank-one term
-        ``(Σ_D x_j) ⊗ (Σ_D delta_j) / |D|`` of the weight gradient, appended to the factors in
-        the gather buffers (``factored``) or added to the formed gradient. Returns the rank."""
-        n = X.shape[0]
-        n_dropped = n - n_kept
-        if n_dropped <= 0:
-            return n_kept
-        kept_x = self._wa_buf[: n_kept * self.n_in].reshape(n_kept, self.n_in)
-        kept_d = self._wb_buf[: n_kept * self.n_out].reshape(n_kept, self.n_out)
-        x_sum = X.sum(0, dtype=np.float64) - kept_x.sum(0, dtype=np.float64)  # top-k: unscaled
-        d_sum = delta.sum(0, dtype=np.float64) - kept_d.sum(0, dtype=np.float64)
-        if factored:
-            self._wa_buf[n_kept * self.n_in: (n_kept + 1) * self.n_in] = x_sum / n_dropped
-            self._wb_buf[n_kept * self.n_out: (n_kept + 1) * self.n_out] = d_sum
-            return n_kept + 1
-        self._coef_grad_dense += np.outer(x_sum / (n_dropped * n), d_sum).astype(np.float32)
-        return n_kept
-
     def backward(self, delta, n_threads, need_input_grad=True):
         s = self.selector
         inputs = self._inputs
@@ -330,13 +308,10 @@ class SampledDenseLayer(DenseLayer):
         n_kept, exact = self._product(inputs.values, delta, self.coef_grad, True, False, k_batch,
                                       1.0 / n, n_threads, gather_only=factored,
                                       a_buf=self._wa_buf, b_buf=self._wb_buf)
-        rank = n_kept
-        if not exact and getattr(s, "dropped", "zero") == "mean":
-            rank = self._dropped_examples_term(inputs.values, delta, n_kept, factored, n_threads)
         if factored and not exact:  # the kept examples' rows of X (scaled) and of delta
             self.coef_grad = OuterGrad(
-                self._wa_buf[: rank * self.n_in].reshape(rank, self.n_in),
-                self._wb_buf[: rank * self.n_out].reshape(rank, self.n_out),
+                self._wa_buf[: n_kept * self.n_in].reshape(n_kept, self.n_in),
+                self._wb_buf[: n_kept * self.n_out].reshape(n_kept, self.n_out),
                 1.0 / n, self._coef_grad_dense, n_threads,
             )
         column_sums(delta, self.intercept_grad, 1.0 / n, n_threads)
