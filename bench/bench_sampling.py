@@ -223,11 +223,14 @@ def epoch_timing(specs, threads, epochs, X, y, Xt, yt, seed):
     times = {c: [] for c in specs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(epochs):
+        for epoch in range(epochs):
             for c in specs:
                 t0 = time.perf_counter()
                 models[c].fit(X, y)
                 times[c].append(time.perf_counter() - t0)
+            # one line per round, so that an interrupted run still leaves its epoch times
+            print(f"epoch {epoch + 1}: " + " ".join(f"{times[c][-1]:.3f}" for c in specs),
+                  flush=True)
     return {c: (times[c], float(models[c].score(Xt, yt)), models[c].loss_) for c in specs}
 
 
