@@ -28,12 +28,18 @@ from fastfire.nn.sampling import ColumnRowSampling
 def parse_selection(spec, seed):
     """A ``--configs`` entry as the estimator's ``selection``: ``"dense"``,
     ``"scheme:ratio:mode"`` (every layer), or one such spec per weight layer joined by ``/``
-    (e.g. ``topk:0.3:backward/topk:0.3:backward/dense``)."""
+    (e.g. ``topk:0.3:backward/topk:0.3:forward/dense``). Flags may follow the mode: ``:mean``
+    (``dropped="mean"``), ``:formed`` (``factored_update=False``)."""
     def one(part):
         if part == "dense":
             return "dense"
-        scheme, ratio, mode = part.split(":")
-        return ColumnRowSampling(scheme=scheme, ratio=float(ratio), mode=mode, random_state=seed)
+        scheme, ratio, mode, *flags = part.split(":")
+        unknown = set(flags) - {"mean", "formed"}
+        if unknown:
+            raise ValueError(f"unknown flags {sorted(unknown)} in {part!r}")
+        return ColumnRowSampling(scheme=scheme, ratio=float(ratio), mode=mode, random_state=seed,
+                                 dropped="mean" if "mean" in flags else "zero",
+                                 factored_update="formed" not in flags)
     parts = spec.split("/")
     return one(parts[0]) if len(parts) == 1 else [one(q) for q in parts]
 
@@ -217,11 +223,14 @@ def epoch_timing(specs, threads, epochs, X, y, Xt, yt, seed):
     times = {c: [] for c in specs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(epochs):
+        for epoch in range(epochs):
             for c in specs:
                 t0 = time.perf_counter()
                 models[c].fit(X, y)
                 times[c].append(time.perf_counter() - t0)
+            # one line per round, so that an interrupted run still leaves its epoch times
+            print(f"epoch {epoch + 1}: " + " ".join(f"{times[c][-1]:.3f}" for c in specs),
+                  flush=True)
     return {c: (times[c], float(models[c].score(Xt, yt)), models[c].loss_) for c in specs}
 
 

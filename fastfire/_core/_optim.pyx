@@ -471,3 +471,305 @@ def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)
     if bad:
         raise ValueError(f"sgd_step_rows: {bad} row ids outside [0, {n_rows}) were skipped.")
     return _ordered_sum(row_sums)
+
+
+# Adam on a weight gradient given by its factors, ``G = alpha * left.T @ right`` (a sampled
+# weight gradient over k batch examples): each block of a row of G is formed in an L1 buffer
+# right before Adam updates that block, so G is never written to memory. The row blocks are
+# sums of k products in a fixed order (FMA where the CPU has it: AVX2 + FMA chosen at run time),
+# so every thread count gives the same bits.
+from cython.parallel cimport parallel
+from fastfire._core._openmp cimport omp_get_thread_num
+
+cdef extern from *:
+    """
+    #define FF_OUTER_BLOCK 512
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #define FF_OUTER_FMA 1
+    __attribute__((target("avx2,fma")))
+    static void ff_outer_block_fma(float *g, const float *a, const float *right, Py_ssize_t ld,
+                                   Py_ssize_t k, Py_ssize_t width) {
+        Py_ssize_t c = 0, j;
+        for (; c + 32 <= width; c += 32) {
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(),
+                   s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+            for (j = 0; j < k; j++) {
+                const __m256 aj = _mm256_broadcast_ss(a + j);
+                const float *r = right + j * ld + c;
+                s0 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(r), s0);
+                s1 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(r + 8), s1);
+                s2 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(r + 16), s2);
+                s3 = _mm256_fmadd_ps(aj, _mm256_loadu_ps(r + 24), s3);
+            }
+            _mm256_storeu_ps(g + c, s0);
+            _mm256_storeu_ps(g + c + 8, s1);
+            _mm256_storeu_ps(g + c + 16, s2);
+            _mm256_storeu_ps(g + c + 24, s3);
+        }
+        for (; c + 8 <= width; c += 8) {
+            __m256 s0 = _mm256_setzero_ps();
+            for (j = 0; j < k; j++)
+                s0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + j),
+                                     _mm256_loadu_ps(right + j * ld + c), s0);
+            _mm256_storeu_ps(g + c, s0);
+        }
+        for (; c < width; c++) {
+            float s = 0.0f;
+            for (j = 0; j < k; j++)
+                s = fmaf(a[j], right[j * ld + c], s);
+            g[c] = s;
+        }
+    }
+    /* Four rows at once (the loads of right shared): g + i * FF_OUTER_BLOCK gets
+       sum_j a[i * k + j] * right[j, 0:width] for i < 4, with the arithmetic of the one-row
+       kernel (the same FMA chain per entry, so the same bits). */
+    __attribute__((target("avx2,fma")))
+    static void ff_outer_block4_fma(float *g, const float *a, const float *right, Py_ssize_t ld,
+                                    Py_ssize_t k, Py_ssize_t width) {
+        Py_ssize_t c = 0, j;
+        const float *a0 = a, *a1 = a + k, *a2 = a + 2 * k, *a3 = a + 3 * k;
+        float *g0 = g, *g1 = g + FF_OUTER_BLOCK, *g2 = g + 2 * FF_OUTER_BLOCK,
+              *g3 = g + 3 * FF_OUTER_BLOCK;
+        for (; c + 16 <= width; c += 16) {
+            __m256 s00 = _mm256_setzero_ps(), s01 = _mm256_setzero_ps(),
+                   s10 = _mm256_setzero_ps(), s11 = _mm256_setzero_ps(),
+                   s20 = _mm256_setzero_ps(), s21 = _mm256_setzero_ps(),
+                   s30 = _mm256_setzero_ps(), s31 = _mm256_setzero_ps();
+            for (j = 0; j < k; j++) {
+                const float *r = right + j * ld + c;
+                const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
+                __m256 aj = _mm256_broadcast_ss(a0 + j);
+                s00 = _mm256_fmadd_ps(aj, r0, s00);
+                s01 = _mm256_fmadd_ps(aj, r1, s01);
+                aj = _mm256_broadcast_ss(a1 + j);
+                s10 = _mm256_fmadd_ps(aj, r0, s10);
+                s11 = _mm256_fmadd_ps(aj, r1, s11);
+                aj = _mm256_broadcast_ss(a2 + j);
+                s20 = _mm256_fmadd_ps(aj, r0, s20);
+                s21 = _mm256_fmadd_ps(aj, r1, s21);
+                aj = _mm256_broadcast_ss(a3 + j);
+                s30 = _mm256_fmadd_ps(aj, r0, s30);
+                s31 = _mm256_fmadd_ps(aj, r1, s31);
+            }
+            _mm256_storeu_ps(g0 + c, s00); _mm256_storeu_ps(g0 + c + 8, s01);
+            _mm256_storeu_ps(g1 + c, s10); _mm256_storeu_ps(g1 + c + 8, s11);
+            _mm256_storeu_ps(g2 + c, s20); _mm256_storeu_ps(g2 + c + 8, s21);
+            _mm256_storeu_ps(g3 + c, s30); _mm256_storeu_ps(g3 + c + 8, s31);
+        }
+        if (c < width) {
+            ff_outer_block_fma(g0 + c, a0, right + c, ld, k, width - c);
+            ff_outer_block_fma(g1 + c, a1, right + c, ld, k, width - c);
+            ff_outer_block_fma(g2 + c, a2, right + c, ld, k, width - c);
+            ff_outer_block_fma(g3 + c, a3, right + c, ld, k, width - c);
+        }
+    }
+    #endif
+    static int ff_outer_use_fma(void) {
+    #ifdef FF_OUTER_FMA
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
+    /* g[0:width] = sum_j a[j] * right[j, 0:width] (rows of right ld apart), j in order. */
+    static void ff_outer_block(float *g, const float *a, const float *right, Py_ssize_t ld,
+                               Py_ssize_t k, Py_ssize_t width) {
+        Py_ssize_t c, j;
+    #ifdef FF_OUTER_FMA
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            ff_outer_block_fma(g, a, right, ld, k, width);
+            return;
+        }
+    #endif
+        for (c = 0; c < width; c++)
+            g[c] = 0.0f;
+        for (j = 0; j < k; j++) {
+            const float aj = a[j];
+            const float *r = right + j * ld;
+            for (c = 0; c < width; c++)
+                g[c] += aj * r[c];
+        }
+    }
+    /* Adam over four rows (ld_param apart) whose gradients are sum_j a[i * k + j] * right[j, :],
+       formed in blocks in the scratch g (4 * FF_OUTER_BLOCK); adds each row's squared entries
+       before the update to sums[i]. */
+    static void ff_adam_outer_rows4(
+            float *param, float *m, float *v, Py_ssize_t ld_param, Py_ssize_t p, const float *a,
+            Py_ssize_t k, const float *right, Py_ssize_t ld, float *g, float lr, float b1,
+            float b2, float one_b1, float one_b2, float eps, float l2, double *sums) {
+        Py_ssize_t c0, width, i;
+        for (c0 = 0; c0 < p; c0 += FF_OUTER_BLOCK) {
+            width = p - c0 < FF_OUTER_BLOCK ? p - c0 : FF_OUTER_BLOCK;
+    #ifdef FF_OUTER_FMA
+            if (ff_outer_use_fma())
+                ff_outer_block4_fma(g, a, right + c0, ld, k, width);
+            else
+    #endif
+                for (i = 0; i < 4; i++)
+                    ff_outer_block(g + i * FF_OUTER_BLOCK, a + i * k, right + c0, ld, k, width);
+            for (i = 0; i < 4; i++)
+                sums[i] += ff_adam_update(param + i * ld_param + c0, g + i * FF_OUTER_BLOCK,
+                                          m + i * ld_param + c0, v + i * ld_param + c0, width,
+                                          lr, b1, b2, one_b1, one_b2, eps, l2);
+        }
+    }
+    /* Adam over one row of p entries whose gradient is sum_j a[j] * right[j, :], formed in
+       blocks of FF_OUTER_BLOCK in the scratch g; returns the squared row before the update. */
+    static double ff_adam_outer_row(
+            float *param, float *m, float *v, Py_ssize_t p, const float *a, Py_ssize_t k,
+            const float *right, Py_ssize_t ld, float *g, float lr, float b1, float b2,
+            float one_b1, float one_b2, float eps, float l2) {
+        double sumsq = 0.0;
+        Py_ssize_t c0, width;
+        for (c0 = 0; c0 < p; c0 += FF_OUTER_BLOCK) {
+            width = p - c0 < FF_OUTER_BLOCK ? p - c0 : FF_OUTER_BLOCK;
+            ff_outer_block(g, a, right + c0, ld, k, width);
+            sumsq += ff_adam_update(param + c0, g, m + c0, v + c0, width, lr, b1, b2, one_b1,
+                                    one_b2, eps, l2);
+        }
+        return sumsq;
+    }
+    """
+    int FF_OUTER_BLOCK
+    void ff_outer_block(float* g, const float* a, const float* right, Py_ssize_t ld,
+                        Py_ssize_t k, Py_ssize_t width) noexcept nogil
+    double ff_adam_outer_row(float* param, float* m, float* v, Py_ssize_t p, const float* a,
+                             Py_ssize_t k, const float* right, Py_ssize_t ld, float* g, float lr,
+                             float b1, float b2, float one_b1, float one_b2, float eps,
+                             float l2) noexcept nogil
+    void ff_adam_outer_rows4(float* param, float* m, float* v, Py_ssize_t ld_param, Py_ssize_t p,
+                             const float* a, Py_ssize_t k, const float* right, Py_ssize_t ld,
+                             float* g, float lr, float b1, float b2, float one_b1, float one_b2,
+                             float eps, float l2, double* sums) noexcept nogil
+
+
+def _check_outer(name, param, left, right, **state):
+    n_rows, p = param.shape[0], param.shape[1]
+    if left.shape[0] != right.shape[0] or left.shape[1] != n_rows or right.shape[1] != p:
+        raise ValueError(
+            f"{name}: left {(left.shape[0], left.shape[1])} and right "
+            f"{(right.shape[0], right.shape[1])} must be (k, {n_rows}) and (k, {p}) for param "
+            f"{(n_rows, p)}."
+        )
+    for key, arr in state.items():
+        if arr.shape[0] != n_rows or arr.shape[1] != p:
+            raise ValueError(
+                f"{name}: {key} {(arr.shape[0], arr.shape[1])} differs from param {(n_rows, p)}."
+            )
+
+
+def outer_product(const float[:, ::1] left,    # IN (k, n_rows)
+                  const float[:, ::1] right,   # IN (k, p)
+                  float[:, ::1] out,           # OUT (n_rows, p)
+                  double alpha=1.0, int n_threads=1):
+    """``out = alpha * left.T @ right`` with the arithmetic of :func:`adam_step_outer`.
+
+    Row ``r`` of ``out`` is ``sum_j (alpha * left[j, r]) * right[j, :]``, summed over ``j`` in
+    order (with FMA where the CPU has AVX2 and FMA): the gradient that
+    :func:`adam_step_outer` applies, formed in full (for optimizers without a fused step).
+
+    Parameters
+    ----------
+    left : ndarray of shape (k, n_rows), float32
+    right : ndarray of shape (k, p), float32
+    out : ndarray of shape (n_rows, p), float32
+        Overwritten.
+    alpha : float, default=1.0
+    n_threads : int, default=1
+        OpenMP threads (over rows; the result does not depend on it).
+    """
+    _check_outer("outer_product", out, left, right)
+    cdef Py_ssize_t n_rows = out.shape[0], p = out.shape[1], k = left.shape[0], r, j
+    cdef float alpha_f = <float> alpha
+    cdef float* a
+    if n_rows == 0 or p == 0:
+        return
+    if k == 0:
+        out[:, :] = 0.0
+        return
+    n_threads = threads_for(n_threads, n_rows * p * k, MIN_ELEMENTS_PER_THREAD)
+    cdef float[:, ::1] coefs = np.empty((n_threads, k), dtype=np.float32)  # per thread
+    with nogil, parallel(num_threads=n_threads):
+        a = &coefs[omp_get_thread_num(), 0]
+        for r in prange(n_rows, schedule="static"):
+            for j in range(k):
+                a[j] = alpha_f * left[j, r]
+            ff_outer_block(&out[r, 0], a, &right[0, 0], p, k, p)
+
+
+def adam_step_outer(float[:, ::1] param,          # IN/OUT (n_rows, p)
+                    const float[:, ::1] left,     # IN (k, n_rows)
+                    const float[:, ::1] right,    # IN (k, p)
+                    double alpha,
+                    float[:, ::1] m,              # IN/OUT (n_rows, p)
+                    float[:, ::1] v,              # IN/OUT (n_rows, p)
+                    double lr_t, double beta_1, double beta_2, double epsilon, double l2,
+                    int n_threads=1):
+    """One Adam step with the gradient ``alpha * left.T @ right`` given by its factors.
+
+    The same update as :func:`adam_step` on ``grad = alpha * left.T @ right`` (formed as
+    :func:`outer_product` forms it), but the gradient is never stored: each block of a row of
+    it is computed in a small buffer right before its Adam update, so the step reads and
+    writes the parameters and moments only, not a gradient matrix. For a weight gradient
+    taken over ``k`` examples of a batch (column-row sampling over the batch), ``left`` and
+    ``right`` are the ``k`` kept rows of the layer's input and of its ``delta``.
+
+    Parameters
+    ----------
+    param : ndarray of shape (n_rows, p), float32
+        Parameter matrix, updated in place.
+    left : ndarray of shape (k, n_rows), float32
+    right : ndarray of shape (k, p), float32
+        The factors of the gradient.
+    alpha : float
+        Scale of the gradient (e.g. ``1 / batch size``), applied to ``left``'s entries.
+    m, v : ndarray of shape (n_rows, p), float32
+        Adam's moment estimates, updated in place.
+    lr_t : float
+        Bias-corrected step size (as for :func:`adam_step`).
+    beta_1, beta_2, epsilon : float
+        Adam's constants.
+    l2 : float
+        L2 penalty coefficient added to the gradient.
+    n_threads : int, default=1
+        OpenMP threads (over rows, ``schedule="static"``; the result does not depend on it).
+
+    Returns
+    -------
+    squared_norm : float
+        ``sum(param**2)`` before the update.
+    """
+    _check_outer("adam_step_outer", param, left, right, m=m, v=v)
+    cdef Py_ssize_t n_rows = param.shape[0], p = param.shape[1], k = left.shape[0], r, j
+    cdef float b1 = <float> beta_1, b2 = <float> beta_2
+    cdef float one_b1 = <float> (1.0 - beta_1), one_b2 = <float> (1.0 - beta_2)
+    cdef float lr_f = <float> lr_t, eps = <float> epsilon, l2_f = <float> l2
+    cdef float alpha_f = <float> alpha
+    cdef float* a
+    cdef float* g
+    if n_rows == 0 or p == 0:
+        return 0.0
+    n_threads = threads_for(n_threads, n_rows * p, MIN_ELEMENTS_PER_THREAD)
+    cdef double[::1] row_sums = np.zeros(n_rows)
+    cdef const float* right_ptr = &right[0, 0] if k > 0 else NULL
+    # per thread: gradient blocks of four rows, then their 4 * k coefficients
+    cdef float[:, ::1] scratch = np.empty((n_threads, 4 * (FF_OUTER_BLOCK + k)), dtype=np.float32)
+    cdef Py_ssize_t n_groups = n_rows // 4, grp, i
+    with nogil, parallel(num_threads=n_threads):
+        g = &scratch[omp_get_thread_num(), 0]
+        a = g + 4 * FF_OUTER_BLOCK
+        for grp in prange(n_groups, schedule="static"):
+            r = 4 * grp
+            for i in range(4):
+                for j in range(k):
+                    a[i * k + j] = alpha_f * left[j, r + i]
+            ff_adam_outer_rows4(&param[r, 0], &m[r, 0], &v[r, 0], p, p, a, k, right_ptr, p, g,
+                                lr_f, b1, b2, one_b1, one_b2, eps, l2_f, &row_sums[r])
+    for r in range(4 * n_groups, n_rows):  # the last rows, one by one
+        g = &scratch[0, 0]
+        a = g + FF_OUTER_BLOCK
+        for j in range(k):
+            a[j] = alpha_f * left[j, r]
+        row_sums[r] = ff_adam_outer_row(&param[r, 0], &m[r, 0], &v[r, 0], p, a, k, right_ptr, p,
+                                        g, lr_f, b1, b2, one_b1, one_b2, eps, l2_f)
+    return _ordered_sum(row_sums)

@@ -410,7 +410,7 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
                    double eps=0.1, double fraction=0.25, uint64_t seed=0, uint64_t counter=0,
                    float alpha=1.0, int n_threads=1,
                    double[::1] b_norms=None,  # IN/OUT (n,) cache of op(B)'s squared row norms
-                   bint b_norms_valid=False):
+                   bint b_norms_valid=False, bint gather_only=False):
     """``C ≈ alpha · op(A) @ op(B)`` from ``k`` of the ``n`` column-row pairs.
 
     Parameters
@@ -457,6 +457,11 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
         block of rows and neither reads nor writes the cache.
     b_norms_valid : bool, default=False
         Whether ``b_norms`` holds norms to use.
+    gather_only : bool, default=False
+        Choose and gather the pairs (``idx``, ``scale``, ``a_buf``, ``b_buf``) but leave ``C``
+        untouched, for a caller that uses the product in factored form (e.g. a weight gradient
+        applied by :func:`fastfire._core._optim.adam_step_outer`). When the product is exact
+        (``exact`` returned True) nothing is gathered either: the caller computes it.
 
     Returns
     -------
@@ -555,13 +560,15 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
                                                          _aux_threads(p * n, n_threads)):
                 _gather_cols(b_ptr, ldb, p, &idx[0], NULL, n_kept, &b_buf[0],
                              _aux_threads(p * n, n_threads))
-            _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n_kept, alpha,
-                      &a_buf[0], <int> (m if trans_a else n_kept),
-                      &b_buf[0], <int> (n_kept if trans_b else p), c_ptr, n_threads)
+            if not gather_only:
+                _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n_kept, alpha,
+                          &a_buf[0], <int> (m if trans_a else n_kept),
+                          &b_buf[0], <int> (n_kept if trans_b else p), c_ptr, n_threads)
         else:
             n_kept = n
-            _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n, alpha, a_ptr, lda,
-                      b_ptr, ldb, c_ptr, n_threads)
+            if not gather_only:
+                _gemm_par(trans_a, trans_b, <int> m, <int> p, <int> n, alpha, a_ptr, lda,
+                          b_ptr, ldb, c_ptr, n_threads)
     free(sa); free(sb); free(work); free(count)
     return n_kept, bool(exact)
 
@@ -569,12 +576,26 @@ def sampled_matmul(const float[:, ::1] A,    # IN (m, n), or (n, m) when trans_a
 def scatter_rows(const float[:, ::1] src,   # IN (k, p)
                  const index_t[::1] idx,    # IN (k,) distinct ids
                  float[:, ::1] out,         # OUT (n, p)
-                 int n_threads=1):
-    """``out = 0; out[idx[j], :] = src[j, :]`` (the weight gradient of the sampled rows)."""
-    cdef Py_ssize_t k = src.shape[0], p = src.shape[1], n = out.shape[0], r, j
+                 int n_threads=1,
+                 const float[::1] fill_left=None,   # IN (n,) optional
+                 const float[::1] fill_right=None): # IN (p,) optional
+    """``out[idx[j], :] = src[j, :]``; every other row ``r`` is 0, or ``fill_left[r] *
+    fill_right`` when both fills are given (the weight gradient of the sampled rows, and the
+    rank-one gradient of the dropped rows under the mean correction)."""
+    cdef Py_ssize_t k = src.shape[0], p = src.shape[1], n = out.shape[0], r, j, c
     if idx.shape[0] < k or out.shape[1] != p:
         raise ValueError("scatter_rows: shapes do not agree.")
+    if (fill_left is None) != (fill_right is None):
+        raise ValueError("scatter_rows: give both fill_left and fill_right, or neither.")
+    cdef bint fill = fill_left is not None
+    if fill and (fill_left.shape[0] != n or fill_right.shape[0] != p):
+        raise ValueError(
+            f"scatter_rows: fill_left needs {n} entries and fill_right {p}; got "
+            f"{fill_left.shape[0]} and {fill_right.shape[0]}."
+        )
     cdef index_t* where
+    cdef float* row
+    cdef float a
     if n == 0 or p == 0:
         return
     where = <index_t*> malloc(n * sizeof(index_t))
@@ -587,10 +608,15 @@ def scatter_rows(const float[:, ::1] src,   # IN (k, p)
             if 0 <= idx[j] < n:
                 where[idx[j]] = <index_t> j
         for r in prange(n, schedule="static", num_threads=n_threads):
-            if where[r] < 0:
-                memset(&out[r, 0], 0, p * sizeof(float))
+            row = &out[r, 0]
+            if where[r] >= 0:
+                memcpy(row, &src[where[r], 0], p * sizeof(float))
+            elif fill:
+                a = fill_left[r]
+                for c in range(p):
+                    row[c] = a * fill_right[c]
             else:
-                memcpy(&out[r, 0], &src[where[r], 0], p * sizeof(float))
+                memset(row, 0, p * sizeof(float))
     free(where)
 
 
@@ -598,22 +624,31 @@ def scatter_columns(const float[:, ::1] src,   # IN (m, k)
                     const index_t[::1] idx,    # IN (k,) distinct ids in [0, n)
                     const float[::1] scale,    # IN (k,)
                     float[:, ::1] out,         # OUT (m, n)
-                    int n_threads=1):
-    """``out = 0; out[:, idx[j]] = scale[j] * src[:, j]`` (the input gradient of a sampled product)."""
+                    int n_threads=1,
+                    const float[::1] fill=None):  # IN (n,) optional
+    """``out[:, idx[j]] = scale[j] * src[:, j]``; every other column ``c`` is 0, or ``fill[c]``
+    in every row when ``fill`` is given (the input gradient of a sampled product, and the
+    gradient of the dropped inputs through their batch mean under the mean correction)."""
     cdef Py_ssize_t m = src.shape[0], k = src.shape[1], n = out.shape[1], r, j
     if idx.shape[0] < k or scale.shape[0] < k or out.shape[0] != m:
         raise ValueError("scatter_columns: shapes do not agree.")
+    if fill is not None and fill.shape[0] != n:
+        raise ValueError(f"scatter_columns: fill needs {n} entries, got {fill.shape[0]}.")
     for j in range(k):
         if not 0 <= idx[j] < n:
             raise ValueError(f"scatter_columns: id {idx[j]} out of range [0, {n}).")
     cdef float* row
     cdef const float* s_row
+    cdef const float* fill_ptr = &fill[0] if fill is not None and n > 0 else NULL
     if m == 0 or n == 0:
         return
     with nogil:
         for r in prange(m, schedule="static", num_threads=n_threads):
             row = &out[r, 0]
-            memset(row, 0, n * sizeof(float))
+            if fill_ptr != NULL:
+                memcpy(row, fill_ptr, n * sizeof(float))
+            else:
+                memset(row, 0, n * sizeof(float))
             if k > 0:
                 s_row = &src[r, 0]
                 for j in range(k):

@@ -14,8 +14,10 @@ import numpy as np
 
 from fastfire._core._optim import (
     adam_step,
+    adam_step_outer,
     adam_step_rows,
     adam_step_size_table,
+    outer_product,
     sgd_step,
     sgd_step_rows,
 )
@@ -106,6 +108,9 @@ class Adam:
                     self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon, l2, n_threads,
                     self._step_sizes(),
                 )
+            elif isinstance(g, OuterGrad):
+                norm = adam_step_outer(p, g.left, g.right, g.alpha, m, v, self.learning_rate,
+                                       self.beta_1, self.beta_2, self.epsilon, l2, n_threads)
             else:
                 norm = adam_step(_flat(p), _flat(g), _flat(m), _flat(v), self.learning_rate,
                                  self.beta_1, self.beta_2, self.epsilon, l2, n_threads)
@@ -192,3 +197,58 @@ class SGD:
         if verbose:
             print(msg + " Setting learning rate to %f" % self.learning_rate)
         return False
+
+
+class OuterGrad:
+    """A weight gradient kept as its factors: ``alpha * left.T @ right``.
+
+    A layer that samples its weight gradient over ``k`` examples of the batch reports it this
+    way (``left``: the ``k`` kept input rows, scaled; ``right``: their ``delta`` rows). Adam
+    applies it without ever writing the gradient matrix (``adam_step_outer``); any other
+    consumer gets the array formed in ``out`` on first use (:meth:`toarray`, ``reshape``,
+    ``np.asarray``), with the same arithmetic.
+
+    Parameters
+    ----------
+    left : ndarray of shape (k, n_rows), float32, C-contiguous
+    right : ndarray of shape (k, p), float32, C-contiguous
+    alpha : float
+    out : ndarray of shape (n_rows, p), float32, C-contiguous
+        Where the gradient is formed when an array is asked for.
+    n_threads : int, default=1
+        Threads for forming it.
+    """
+
+    __slots__ = ("left", "right", "alpha", "out", "n_threads", "_formed")
+
+    def __init__(self, left, right, alpha, out, n_threads=1):
+        if left.shape[0] != right.shape[0] or out.shape != (left.shape[1], right.shape[1]):
+            raise ValueError(
+                f"OuterGrad: left {left.shape}, right {right.shape} and out {out.shape} do not "
+                "agree (need (k, n_rows), (k, p) and (n_rows, p))."
+            )
+        self.left = left
+        self.right = right
+        self.alpha = float(alpha)
+        self.out = out
+        self.n_threads = int(n_threads)
+        self._formed = False
+
+    @property
+    def shape(self):
+        return self.out.shape
+
+    def toarray(self):
+        """The gradient as an array (``out``, formed on the first call)."""
+        if not self._formed:
+            outer_product(self.left, self.right, self.out, self.alpha, self.n_threads)
+            self._formed = True
+        return self.out
+
+    def reshape(self, *shape):
+        """``toarray().reshape(*shape)`` (lets array consumers such as SGD take it as is)."""
+        return self.toarray().reshape(*shape)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.toarray()
+        return out if dtype is None else out.astype(dtype)

@@ -19,9 +19,11 @@ from fastfire._core._sampling import (
     scatter_rows,
 )
 from fastfire.nn.layers import DenseLayer
+from fastfire.nn.optimizers import OuterGrad
 from fastfire.nn.selectors import Selector, register_selector
 
 MODES = ("forward", "backward", "forward_exact_backward")
+DROPPED = ("zero", "mean")
 
 # A sampled product runs several short OpenMP regions (scores, draws, gathers, GEMM); below this
 # many multiply-adds per thread they cost more than they save (each waits for its slowest thread).
@@ -65,6 +67,20 @@ class ColumnRowSampling(Selector):
         Weight of the uniform distribution mixed into the sampling probabilities.
     estimate_fraction : float in (0, 1], default=0.25
         Share of the rows on which ``"topk_estimated"`` computes its scores.
+    dropped : {"zero", "mean"}, default="zero"
+        What the forward product keeps of the dropped input features (``"forward"`` and
+        ``"forward_exact_backward"`` modes with a top-k scheme): ``"zero"``, nothing (the
+        paper); ``"mean"``, their batch mean: ``X @ W ≈ X[:, K] @ W[K] + mean(X[:, D]) @ W[D]``
+        for the kept features ``K`` and the dropped ``D``, a correction shared by every row (a
+        vector-matrix product). In the ``"forward"`` mode the gradients are those of this
+        estimate: the dropped rows of ``W`` get the rank-one gradient
+        ``mean(X[:, D]) ⊗ mean(delta)`` and the dropped inputs the gradient of their mean.
+    factored_update : bool, default=True
+        In the ``"backward"`` mode, hand a sampled weight gradient to the optimizer as its
+        factors, the ``k`` kept rows of the input and of ``delta``
+        (:class:`~fastfire.nn.optimizers.OuterGrad`): Adam then forms each block of it in
+        cache right before updating that block and never writes the gradient matrix. False
+        forms the gradient with a GEMM first (the same values up to rounding).
     random_state : int or None, default=None
         Seeds the sampling stream of each layer (together with the layer's shape, so layers of
         different shapes sharing one seed draw differently). None draws a seed from NumPy's
@@ -92,7 +108,8 @@ class ColumnRowSampling(Selector):
     name = "sampled"
 
     def __init__(self, scheme="bernoulli", ratio=0.5, minimal_k=10, mode="forward",
-                 epsilon=0.1, estimate_fraction=0.25, random_state=None):
+                 epsilon=0.1, estimate_fraction=0.25, random_state=None, dropped="zero",
+                 factored_update=True):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {sorted(SCHEMES)}; got {scheme!r}.")
         if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
@@ -109,6 +126,13 @@ class ColumnRowSampling(Selector):
         if random_state is not None and (isinstance(random_state, bool)
                                          or not isinstance(random_state, numbers.Integral)):
             raise ValueError(f"random_state must be an int or None; got {random_state!r}.")
+        if dropped not in DROPPED:
+            raise ValueError(f"dropped must be one of {list(DROPPED)}; got {dropped!r}.")
+        if dropped == "mean" and (scheme not in ("topk", "topk_estimated") or mode == "backward"):
+            raise ValueError(
+                "dropped='mean' needs a top-k scheme ('topk', 'topk_estimated') and a mode that "
+                f"samples the forward product; got scheme={scheme!r}, mode={mode!r}."
+            )
         self.scheme = scheme
         self.ratio = float(ratio)
         self.minimal_k = int(minimal_k)
@@ -116,6 +140,8 @@ class ColumnRowSampling(Selector):
         self.epsilon = float(epsilon)
         self.estimate_fraction = float(estimate_fraction)
         self.random_state = random_state
+        self.dropped = dropped
+        self.factored_update = bool(factored_update)
 
     def make_layer(self, coef, intercept, activation):
         """A :class:`SampledDenseLayer` computing with this selector."""
@@ -143,10 +169,15 @@ class SampledDenseLayer(DenseLayer):
         self._seed = selector.layer_seed(*coef.shape)
         self._counter = 0
         self._sample = None  # n_kept of the forward sample, None when the forward was exact
+        # dropped="mean": batch means of the dropped inputs (0 at kept ones), set by forward
+        self._dropped_means = None
         # squared norms of the columns of coef, refreshed by the gather of each sampled input
         # gradient ("backward" mode) and used by the next one: scores one update stale
         self._coef_col_norms = np.zeros(coef.shape[1], dtype=np.float64)
         self._coef_col_norms_valid = False
+        # "backward" mode: coef_grad is an OuterGrad over the kept examples when the weight
+        # gradient is sampled (Adam applies it without forming it), else this array
+        self._coef_grad_dense = self.coef_grad
         self._alloc(0)
         self.macs_done = 0
         self.macs_exact = 0
@@ -160,13 +191,21 @@ class SampledDenseLayer(DenseLayer):
         self._b_buf = np.empty(max(n_in * n_out, batch * n_out, 1), dtype=np.float32)
         self._grad_buf = np.empty(max(n_in * n_out, batch * max(n_in, n_out), 1), dtype=np.float32)
         self._batch_cap = batch
+        self._wa_buf = np.empty(max(batch * n_in, 1), dtype=np.float32)
+        self._wb_buf = np.empty(max(batch * n_out, 1), dtype=np.float32)
+        self._means_buf = np.empty((1, n_in), dtype=np.float32)
+        self._shift_buf = np.empty((1, max(n_in, n_out)), dtype=np.float32)
+        self._bias_buf = np.empty(n_out, dtype=np.float32)
 
     def _threads(self, n, n_threads):
         """Threads for the sampled kernels of a batch of ``n`` (one for small products)."""
         return int(max(1, min(n_threads, n * self.n_in * self.n_out // _GRAIN_MACS)))
 
     def _product(self, A, B, C, trans_a, trans_b, k, alpha, n_threads, b_norms=None,
-                 b_norms_valid=False):
+                 b_norms_valid=False, gather_only=False, a_buf=None, b_buf=None):
+        """``C = alpha op(A) op(B)`` sampled (see ``sampled_matmul``); with ``gather_only`` a
+        sampled product is left in the gather buffers and ``C`` is untouched (an exact one is
+        always computed into ``C``). Returns ``(n_kept, exact)``."""
         self._counter += 1
         inner = A.shape[0] if trans_a else A.shape[1]
         if k >= inner:  # exact: the dense layer's own GEMM, bit for bit
@@ -177,10 +216,13 @@ class SampledDenseLayer(DenseLayer):
         p = B.shape[0] if trans_b else B.shape[1]
         n_threads = int(max(1, min(n_threads, m * inner * p // _GRAIN_MACS)))
         n_kept, exact = sampled_matmul(
-            A, B, C, trans_a, trans_b, self._scheme, k, self._idx, self._scale, self._a_buf,
-            self._b_buf, s.epsilon, s.estimate_fraction, self._seed, self._counter, alpha,
-            n_threads, b_norms, b_norms_valid,
+            A, B, C, trans_a, trans_b, self._scheme, k, self._idx, self._scale,
+            self._a_buf if a_buf is None else a_buf, self._b_buf if b_buf is None else b_buf,
+            s.epsilon, s.estimate_fraction, self._seed, self._counter, alpha, n_threads,
+            b_norms, b_norms_valid, gather_only,
         )
+        if exact and gather_only:  # all-zero scores: nothing was gathered nor multiplied
+            gemm(A, B, C, trans_a=trans_a, trans_b=trans_b, alpha=alpha, n_threads=n_threads)
         return n_kept, exact
 
     def forward(self, inputs, n_threads, training=False):
@@ -198,16 +240,33 @@ class SampledDenseLayer(DenseLayer):
         self._out, out = self._rows(self._out, n)
         k = effective_k(self.n_in, s.ratio, s.minimal_k)
         n_kept, exact = self._product(inputs.values, self.coef, out, False, False, k, 1.0, n_threads)
-        bias_act_forward(out, self.intercept, self._act_code, self._threads(n, n_threads))
+        bias = self.intercept
+        self._dropped_means = None
+        if not exact and getattr(s, "dropped", "zero") == "mean":
+            bias = self._mean_correction(inputs.values, n_kept, n_threads)
+        bias_act_forward(out, bias, self._act_code, self._threads(n, n_threads))
         self._sample = None if exact or s.mode == "forward_exact_backward" else n_kept
         self._inputs = inputs
         self.macs_done += n * n_kept * self.n_out
         self.macs_exact += n * self.n_in * self.n_out
         return inputs.from_dense(out)
 
+    def _mean_correction(self, X, n_kept, n_threads):
+        """The bias plus ``mean(X[:, D]) @ W[D]`` over the dropped inputs ``D``; keeps the means
+        (zero at the kept inputs) for the backward pass."""
+        means = self._means_buf
+        column_sums(X, means[0], 1.0 / X.shape[0], 1)
+        means[0, self._idx[:n_kept]] = 0.0
+        shift = self._shift_buf[:, : self.n_out]
+        gemm(means, self.coef, shift, n_threads=self._threads(1, n_threads))
+        np.add(shift[0], self.intercept, out=self._bias_buf)
+        self._dropped_means = means[0]
+        return self._bias_buf
+
     def backward(self, delta, n_threads, need_input_grad=True):
         s = self.selector
         inputs = self._inputs
+        self.coef_grad = self._coef_grad_dense
         n = delta.shape[0]
         exact_macs = n * self.n_in * self.n_out * (2 if need_input_grad else 1)
         if s.mode == "forward" and self._sample is not None:
@@ -216,9 +275,12 @@ class SampledDenseLayer(DenseLayer):
             x_s = self._a_buf[: n * n_kept].reshape(n, n_kept)        # scaled kept columns of X
             w_s = self._b_buf[: n_kept * self.n_out].reshape(n_kept, self.n_out)  # kept rows of W
             g = self._grad_buf[: n_kept * self.n_out].reshape(n_kept, self.n_out)
+            means = self._dropped_means
             gemm(x_s, delta, g, trans_a=True, alpha=1.0 / n, n_threads=n_threads)
-            scatter_rows(g, self._idx, self.coef_grad, n_threads)
             column_sums(delta, self.intercept_grad, 1.0 / n, n_threads)
+            # mean correction: d(mean(X[:, D]) @ W[D]) / dW[D] = mean(X[:, D]) ⊗ mean(delta)
+            scatter_rows(g, self._idx, self.coef_grad, n_threads, means,
+                         None if means is None else self.intercept_grad)
             self.macs_exact += exact_macs
             self.macs_done += n * n_kept * self.n_out * (2 if need_input_grad else 1)
             if not need_input_grad:
@@ -226,7 +288,13 @@ class SampledDenseLayer(DenseLayer):
             tmp = self._grad_buf[: n * n_kept].reshape(n, n_kept)
             gemm(delta, w_s, tmp, trans_b=True, n_threads=n_threads)
             self._input_grad, input_grad = self._rows(self._input_grad, n)
-            scatter_columns(tmp, self._idx, self._scale, input_grad, n_threads)
+            fill = None
+            if means is not None:  # every row's dropped inputs: W[D] @ mean(delta)
+                fill = self._shift_buf[:, : self.n_in]
+                gemm(self.intercept_grad.reshape(1, -1), self.coef, fill, trans_b=True,
+                     n_threads=self._threads(1, n_threads))
+                fill = fill[0]
+            scatter_columns(tmp, self._idx, self._scale, input_grad, n_threads, fill)
             return input_grad
         if s.mode != "backward" or not inputs.is_dense:
             self.macs_exact += exact_macs
@@ -236,8 +304,16 @@ class SampledDenseLayer(DenseLayer):
         if n > self._batch_cap:
             self._alloc(n)
         k_batch = effective_k(n, s.ratio, s.minimal_k)
-        n_kept, _ = self._product(inputs.values, delta, self.coef_grad, True, False, k_batch,
-                                  1.0 / n, n_threads)
+        factored = getattr(s, "factored_update", True)
+        n_kept, exact = self._product(inputs.values, delta, self.coef_grad, True, False, k_batch,
+                                      1.0 / n, n_threads, gather_only=factored,
+                                      a_buf=self._wa_buf, b_buf=self._wb_buf)
+        if factored and not exact:  # the kept examples' rows of X (scaled) and of delta
+            self.coef_grad = OuterGrad(
+                self._wa_buf[: n_kept * self.n_in].reshape(n_kept, self.n_in),
+                self._wb_buf[: n_kept * self.n_out].reshape(n_kept, self.n_out),
+                1.0 / n, self._coef_grad_dense, n_threads,
+            )
         column_sums(delta, self.intercept_grad, 1.0 / n, n_threads)
         self.macs_exact += exact_macs
         self.macs_done += n_kept * self.n_in * self.n_out
@@ -255,17 +331,26 @@ class SampledDenseLayer(DenseLayer):
         super().release_buffers()
         self._alloc(0)
         self._coef_col_norms_valid = False
+        self._dropped_means = None
+        self.coef_grad = self._coef_grad_dense
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         if "_coef_col_norms" not in state:  # pickled before the norm cache existed
             self._coef_col_norms = np.zeros(self.coef.shape[1], dtype=np.float64)
             self._coef_col_norms_valid = False
+        if "_coef_grad_dense" not in state:  # pickled before the factored weight gradient
+            self._coef_grad_dense = self.coef_grad
+        if "_wa_buf" not in state or "_means_buf" not in state:  # older buffers
+            self._dropped_means = None
+            self._alloc(0)
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_idx", "_scale", "_a_buf", "_b_buf", "_grad_buf"):
+        for key in ("_idx", "_scale", "_a_buf", "_b_buf", "_grad_buf", "_wa_buf", "_wb_buf"):
             state[key] = state[key][:1].copy()
+        state["coef_grad"] = self._coef_grad_dense
         state["_batch_cap"] = 0
+        state["_dropped_means"] = None
         state["_coef_col_norms_valid"] = False
         return state

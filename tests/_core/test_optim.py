@@ -237,3 +237,60 @@ def test_row_steps_reject_bad_rows_and_shapes():
     with pytest.raises(ValueError, match="t has"):
         _optim.adam_step_rows(param, G, rows, param.copy(), param.copy(), np.zeros(3, np.int64),
                               0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+# --- Adam on a factored gradient (alpha * left.T @ right) ---------------------------------------
+
+@pytest.mark.parametrize("n_rows, p, k", [(1, 1, 1), (37, 45, 3), (20, 600, 15), (9, 70, 0),
+                                         (50, 13, 50)])
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_outer_product_matches_numpy(n_rows, p, k, n_threads):
+    rng = np.random.default_rng(n_rows + p + k)
+    left = rng.standard_normal((k, n_rows)).astype(np.float32)
+    right = rng.standard_normal((k, p)).astype(np.float32)
+    out = np.full((n_rows, p), np.nan, np.float32)
+    _optim.outer_product(_readonly(left), _readonly(right), out, 0.02, n_threads)
+    ref = 0.02 * left.astype(np.float64).T @ right
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_rows, p, k", [(37, 45, 3), (20, 600, 15), (9, 70, 0)])
+def test_adam_step_outer_equals_adam_on_the_formed_gradient(n_rows, p, k):
+    rng = np.random.default_rng(k)
+    left = rng.standard_normal((k, n_rows)).astype(np.float32)
+    right = rng.standard_normal((k, p)).astype(np.float32)
+    param, _, m, v = (a.reshape(n_rows, p) for a in _state(rng, n_rows * p))
+    grad = np.empty((n_rows, p), np.float32)
+    _optim.outer_product(left, right, grad, 0.02, 1)
+    np.testing.assert_allclose(grad, 0.02 * left.astype(np.float64).T @ right, rtol=1e-5, atol=1e-6)
+    ref = ref_adam(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-4)
+    expected_norm = float((param.astype(np.float64) ** 2).sum())
+    norms = []
+    for n_threads in THREADS:
+        p2, m2, v2 = param.copy(), m.copy(), v.copy()
+        norms.append(_optim.adam_step_outer(p2, _readonly(left), _readonly(right), 0.02, m2, v2,
+                                            1e-3, 0.9, 0.999, 1e-8, 1e-4, n_threads))
+        # the same bits as adam_step on outer_product's gradient, and as NumPy within rounding
+        p3, m3, v3 = param.copy(), m.copy(), v.copy()
+        _optim.adam_step(p3.reshape(-1), grad.reshape(-1), m3.reshape(-1), v3.reshape(-1), 1e-3,
+                         0.9, 0.999, 1e-8, 1e-4, 1)
+        for got, same, want in zip((p2, m2, v2), (p3, m3, v3), ref):
+            np.testing.assert_array_equal(got, same)
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    assert norms[0] == norms[1] == norms[2]
+    assert norms[0] == pytest.approx(expected_norm, rel=1e-6)
+
+
+def test_factored_steps_reject_shape_mismatch():
+    param = np.zeros((4, 5), np.float32)
+    good_l, good_r = np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float32)
+    for left, right in [(np.zeros((3, 4), np.float32), good_r), (np.zeros((2, 3), np.float32), good_r),
+                        (good_l, np.zeros((2, 6), np.float32))]:
+        with pytest.raises(ValueError, match="left"):
+            _optim.adam_step_outer(param, left, right, 1.0, param.copy(), param.copy(), 1e-3,
+                                   0.9, 0.999, 1e-8, 0.0)
+        with pytest.raises(ValueError, match="left"):
+            _optim.outer_product(left, right, param)
+    with pytest.raises(ValueError, match="m"):
+        _optim.adam_step_outer(param, good_l, good_r, 1.0, np.zeros((4, 4), np.float32),
+                               param.copy(), 1e-3, 0.9, 0.999, 1e-8, 0.0)

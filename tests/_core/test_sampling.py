@@ -324,3 +324,56 @@ def test_bernoulli_with_stale_cached_norms_stays_unbiased():
     Cs = np.array(Cs, dtype=np.float64)
     z = (Cs.mean(0) - A.astype(np.float64) @ B) / (Cs.std(0, ddof=1) / np.sqrt(T))
     assert np.abs(z).max() < 4.5, z
+
+
+def test_scatters_fill_the_dropped_rows_and_columns():
+    rng = np.random.default_rng(8)
+    idx = np.array([1, 4, 7, 8], np.int32)
+    src = rng.standard_normal((4, 6)).astype(np.float32)
+    left = rng.standard_normal(10).astype(np.float32)
+    right = rng.standard_normal(6).astype(np.float32)
+    out = np.full((10, 6), np.nan, np.float32)
+    scatter_rows(src, idx, out, 2, left, right)
+    ref = np.outer(left, right).astype(np.float32)
+    ref[idx] = src
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="fill"):
+        scatter_rows(src, idx, out, 1, left, None)
+    with pytest.raises(ValueError, match="fill"):
+        scatter_rows(src, idx, out, 1, left[:9], right)
+
+    src = rng.standard_normal((3, 4)).astype(np.float32)
+    scale = np.array([2.0, 0.5, 1.0, 3.0], np.float32)
+    fill = rng.standard_normal(9).astype(np.float32)
+    out = np.full((3, 9), np.nan, np.float32)
+    scatter_columns(src, idx, scale, out, 2, fill)
+    ref = np.tile(fill, (3, 1))
+    ref[:, idx] = src * scale
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="fill"):
+        scatter_columns(src, idx, scale, out, 1, fill[:8])
+
+
+@pytest.mark.parametrize("scheme", ["topk", "bernoulli"])
+def test_gather_only_leaves_the_product_to_the_caller(scheme):
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((30, 12)).astype(np.float32)   # op(A) = X.T: 12 x 30
+    D = rng.standard_normal((30, 7)).astype(np.float32)
+    full, idx, scale, _ = _call(X, D, 12, 30, 7, True, False, scheme, 9, seed=3)
+    C = np.full((12, 7), np.nan, np.float32)
+    a_buf = np.empty(12 * 30, np.float32)
+    b_buf = np.empty(30 * 7, np.float32)
+    idx2, scale2 = np.empty(30, np.int32), np.empty(30, np.float32)
+    n_kept, exact = sampled_matmul(X, D, C, True, False, SCHEMES[scheme], 9, idx2, scale2, a_buf,
+                                   b_buf, seed=3, gather_only=True)
+    assert not exact and np.isnan(C).all()
+    np.testing.assert_array_equal(idx2[:n_kept], idx)
+    left = a_buf[: n_kept * 12].reshape(n_kept, 12)
+    right = b_buf[: n_kept * 7].reshape(n_kept, 7)
+    np.testing.assert_allclose(left, X[idx] * scale[:, None], rtol=1e-6)
+    np.testing.assert_array_equal(right, D[idx])
+    np.testing.assert_allclose(left.T @ right, full, rtol=1e-5, atol=1e-5)
+    # exact (k >= n): nothing gathered or multiplied
+    n_kept, exact = sampled_matmul(X, D, C, True, False, SCHEMES[scheme], 30, idx2, scale2, a_buf,
+                                   b_buf, gather_only=True)
+    assert exact and n_kept == 30 and np.isnan(C).all()

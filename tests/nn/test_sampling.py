@@ -61,6 +61,71 @@ def test_forward_mode_layer_matches_numpy():
     assert layer.macs_done < layer.macs_exact
 
 
+def _mean_corrected_layer(mode="forward"):
+    rng = np.random.default_rng(3)
+    coef = (rng.standard_normal((40, 30)) * 0.3).astype(np.float32)
+    intercept = (rng.standard_normal(30) * 0.1).astype(np.float32)
+    sel = ColumnRowSampling(scheme="topk", ratio=0.4, minimal_k=2, mode=mode, random_state=0,
+                            dropped="mean")
+    return sel.make_layer(coef, intercept, "identity"), rng
+
+
+def test_forward_mode_mean_correction_matches_numpy():
+    layer, rng = _mean_corrected_layer()
+    X = rng.random((12, 40)).astype(np.float32)
+    W, b = layer.coef.astype(np.float64), layer.intercept.astype(np.float64)
+    out = layer.forward(ActiveSet.from_dense(X), 2, training=True).values.copy()
+    scores = np.linalg.norm(X, axis=0) * np.linalg.norm(W, axis=1)
+    kept = np.sort(np.argsort(-scores, kind="stable")[:16])
+    np.testing.assert_array_equal(layer._idx[: layer._sample], kept)
+    dropped = np.setdiff1d(np.arange(40), kept)
+
+    def surrogate(X, W):  # the layer's estimate of X @ W + b, for a fixed kept set
+        return X[:, kept] @ W[kept] + X[:, dropped].mean(0) @ W[dropped] + b
+
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(out, surrogate(X64, W), rtol=1e-5, atol=1e-5)
+    # closer to the exact product than dropping the features outright
+    exact = X64 @ W + b
+    assert (np.abs(out - exact).mean()
+            < 0.7 * np.abs(X64[:, kept] @ W[kept] + b - exact).mean())
+
+    # the gradients are those of the surrogate (loss = sum(delta * out) / n), checked by
+    # central differences along random directions
+    delta = rng.standard_normal((12, 30)).astype(np.float32)
+    grad_in = layer.backward(delta, 2, need_input_grad=True)
+    np.testing.assert_allclose(layer.intercept_grad, delta.mean(0), rtol=1e-5, atol=1e-6)
+
+    def loss(X, W):
+        return (delta * surrogate(X, W)).sum() / 12
+
+    h = 1e-4
+    for _ in range(3):
+        dW = rng.standard_normal(W.shape)
+        numeric = (loss(X64, W + h * dW) - loss(X64, W - h * dW)) / (2 * h)
+        assert abs((layer.coef_grad * dW).sum() - numeric) < 1e-4 * (1 + abs(numeric))
+        dX = rng.standard_normal(X.shape)
+        numeric = (loss(X64 + h * dX, W) - loss(X64 - h * dX, W)) / (2 * h) * 12
+        assert abs((grad_in * dX).sum() - numeric) < 1e-4 * (1 + abs(numeric))
+    assert layer.coef_grad[dropped].any() and grad_in[:, dropped].any()
+
+
+def test_mean_correction_needs_a_topk_forward_sample():
+    for kwargs in ({"scheme": "bernoulli"}, {"scheme": "topk", "mode": "backward"}):
+        with pytest.raises(ValueError, match="dropped"):
+            ColumnRowSampling(dropped="mean", **kwargs)
+    with pytest.raises(ValueError, match="dropped"):
+        ColumnRowSampling(scheme="topk", dropped="median")
+    # forward_exact_backward: corrected forward, exact gradients
+    layer, rng = _mean_corrected_layer("forward_exact_backward")
+    X = rng.random((12, 40)).astype(np.float32)
+    layer.forward(ActiveSet.from_dense(X), 1, training=True)
+    delta = rng.standard_normal((12, 30)).astype(np.float32)
+    grad_in = layer.backward(delta, 1)
+    np.testing.assert_allclose(layer.coef_grad, X.T @ delta / 12, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_in, delta @ layer.coef.T, rtol=1e-5, atol=1e-5)
+
+
 def test_forward_exact_backward_gives_exact_gradients():
     layer, rng = _layer("forward_exact_backward")
     X = rng.random((12, 40)).astype(np.float32)
@@ -98,7 +163,7 @@ def test_backward_mode_weight_gradient_is_unbiased():
     for _ in range(1000):
         layer.forward(ActiveSet.from_dense(X), 1, training=True)
         layer.backward(delta, 1, need_input_grad=False)
-        grads.append(layer.coef_grad.astype(np.float64).copy())
+        grads.append(np.array(layer.coef_grad, dtype=np.float64))
     grads = np.array(grads)
     z = (grads.mean(0) - X.T.astype(np.float64) @ delta / 20) / (grads.std(0, ddof=1) / np.sqrt(len(grads)))
     assert np.abs(z).max() < 4.5
@@ -184,3 +249,43 @@ def test_string_selection_and_regressor():
     dense = MLPRegressor(**kw).fit(X, y).score(X, y)
     sel = ColumnRowSampling(scheme="bernoulli", ratio=0.5, mode="backward", random_state=0)
     assert MLPRegressor(selection=sel, **kw).fit(X, y).score(X, y) > dense - 0.1
+
+
+def test_backward_mode_weight_gradient_is_factored_and_applied_unformed():
+    from fastfire.nn.optimizers import SGD, Adam, OuterGrad
+
+    layer, rng = _layer("backward", scheme="topk", ratio=0.5)
+    X = rng.random((20, 40)).astype(np.float32)
+    delta = rng.standard_normal((20, 30)).astype(np.float32)
+    layer.forward(ActiveSet.from_dense(X), 2, training=True)
+    layer.backward(delta, 2)
+    g = layer.coef_grad
+    assert isinstance(g, OuterGrad) and g.left.shape == (10, 40) and g.right.shape == (10, 30)
+    formed = np.array(g)  # the sampled gradient over the 10 kept examples, as NumPy forms it
+    keep = np.sort(np.argsort(-(np.linalg.norm(X, axis=1) * np.linalg.norm(delta, axis=1)),
+                              kind="stable")[:10])
+    np.testing.assert_allclose(formed, X[keep].T @ delta[keep] / 20, rtol=1e-5, atol=1e-6)
+
+    for make in (lambda p: Adam(p, 1e-2), lambda p: SGD(p, 1e-2)):
+        fused = [layer.coef.copy(), layer.intercept.copy()]
+        plain = [a.copy() for a in fused]
+        opt_fused, opt_plain = make(fused), make(plain)
+        for _ in range(3):
+            g = OuterGrad(g.left, g.right, g.alpha, np.empty_like(formed))
+            norm_fused = opt_fused.step(fused, [g, layer.intercept_grad], [1e-3, 0.0], 2)
+            norm_plain = opt_plain.step(plain, [formed, layer.intercept_grad], [1e-3, 0.0], 2)
+            np.testing.assert_array_equal(fused[0], plain[0])
+            assert norm_fused == pytest.approx(norm_plain, rel=1e-6)
+    # factored_update=False forms the same gradient with a GEMM
+    coef, intercept = layer.coef.copy(), layer.intercept.copy()
+    sel = ColumnRowSampling(scheme="topk", ratio=0.5, minimal_k=2, mode="backward",
+                            random_state=0, factored_update=False)
+    formed_layer = sel.make_layer(coef, intercept, "relu")
+    formed_layer.forward(ActiveSet.from_dense(X), 2, training=True)
+    formed_layer.backward(delta, 2)
+    assert isinstance(formed_layer.coef_grad, np.ndarray)
+    np.testing.assert_allclose(formed_layer.coef_grad, formed, rtol=1e-5, atol=1e-6)
+    # an exact weight gradient (k = n = 2 examples) is a plain array again
+    layer.forward(ActiveSet.from_dense(X[:2]), 1, training=True)
+    layer.backward(delta[:2], 1)
+    assert isinstance(layer.coef_grad, np.ndarray)
