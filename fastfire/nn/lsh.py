@@ -45,7 +45,7 @@ from fastfire._core._dense import ACTIVATIONS, gemm, take_rows
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.layers import DenseLayer
 from fastfire.nn.losses import SparseLogisticCrossEntropy, SparseSoftmaxCrossEntropy
-from fastfire.nn.optimizers import RowGrad
+from fastfire.nn.optimizers import BatchRowGrad, RowGrad
 from fastfire.nn.selectors import Selector, register_selector
 
 __all__ = ["LSH", "LSHLayer", "SparseInput", "SparseInputLayer"]
@@ -800,7 +800,8 @@ class LSHLayer:
 
     def backward(self, delta, n_threads, need_input_grad=True):
         """Row-sparse gradients of the mean loss (``coef_grad``/``intercept_grad`` become
-        :class:`RowGrad`) and, when asked, dLoss/d(inputs) as a dense ``(n, n_in)`` array.
+        :class:`RowGrad`; for a dense input a :class:`BatchRowGrad`, computed by the optimizer in
+        its update pass) and, when asked, dLoss/d(inputs) as a dense ``(n, n_in)`` array.
 
         ``delta`` is the flat per-entry gradient of the active set (from a sparse loss), or the
         dense array the network passes after :meth:`activation_backward` (then the gathered
@@ -821,27 +822,27 @@ class LSHLayer:
         entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
         nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
                                   t_indptr, t_entries, entry_sample)
-        grad = self._buffer("grad", (nt, self.n_in), np.float32)
-        bias_grad = self._buffer("bias_grad", (nt,), np.float32)
         hogwild = not self.selector.deterministic
         if inputs.is_dense:
-            # Dense inputs (an output layer over a hidden layer): the weight gradient is summed
-            # row by row, parallel over the touched rows (no two threads write one row), in
-            # both modes. SLIDE's fused HOGWILD pass (samples in parallel,
-            # adding into shared rows; removed) was slower on the 20K-label bench
-            # (bench/RESULTS-lsh.md, "backward"): the rows a sample scatters into miss the
-            # cache and two threads contend for the same rows, while here the batch's
-            # inputs stay in cache and each gradient row is written once.
-            _active.grad_rows_dense(inputs.values, delta, active.indptr, slot, t_indptr,
-                                    t_entries, entry_sample, grad, bias_grad, 1.0 / n,
-                                    False, n_threads)
+            # Dense inputs (an output layer over a hidden layer): each gradient row is summed on
+            # one thread, parallel over the touched rows, in both modes, and only when the
+            # optimizer updates that row (BatchRowGrad: the row is applied while in cache, the
+            # bias in the same pass; the input gradient below reads the weights before that
+            # update). SLIDE's fused HOGWILD pass (samples in parallel, adding into shared rows;
+            # removed) was slower on the 20K-label bench (bench/RESULTS-lsh.md, "backward"): the
+            # rows a sample scatters into miss the cache and two threads contend for them.
+            self.coef_grad = BatchRowGrad(rows[:nt], inputs.values, delta, active.indptr, slot,
+                                          t_indptr[:nt + 1], t_entries, entry_sample, 1.0 / n,
+                                          n_threads)
+            self.intercept_grad = self.coef_grad.bias_grad
         else:
+            grad = self._buffer("grad", (nt, self.n_in), np.float32)
+            bias_grad = self._buffer("bias_grad", (nt,), np.float32)
             _active.grad_rows_csr(inputs.indptr, inputs.indices, inputs.values, delta,
                                   active.indptr, slot, t_indptr, t_entries, entry_sample, grad,
                                   bias_grad, 1.0 / n, hogwild, n_threads)
-        rows = rows[:nt]
-        self.coef_grad = RowGrad(rows, grad, "T")
-        self.intercept_grad = RowGrad(rows, bias_grad.reshape(-1, 1), "col")
+            self.coef_grad = RowGrad(rows[:nt], grad, "T")
+            self.intercept_grad = RowGrad(rows[:nt], bias_grad.reshape(-1, 1), "col")
         if not need_input_grad:
             return None
         input_grad = self._buffer("input_grad", (n, self.n_in), np.float32)
