@@ -577,7 +577,9 @@ class LSHLayer:
         Every table holds every neuron, or (:meth:`table_fraction` below one) each holds one of
         ``G`` random disjoint groups of them (:meth:`_table_groups`), drawn from (seed, hash
         draw, ``draw``); ``draw`` defaults to the number of rebuilds so far, and the tables are
-        a pure function of (seed, weights, draw).
+        a pure function of (seed, weights, draw). The previous tables' arrays are rewritten in
+        place when their shapes allow (``tables`` and ``table_buckets`` taken before a rebuild
+        then show the new tables).
         """
         n_threads = self.n_threads if n_threads is None else n_threads
         sel = self.selector
@@ -590,7 +592,9 @@ class LSHLayer:
             groups, tables = split
             parts = list(zip(groups, tables))
             m = groups.shape[1]
-        buckets = np.empty((sel.l, m), dtype=np.int32)         # table-major
+        # The previous tables' arrays are rewritten in place when the shapes allow: fresh
+        # ones cost ~170 MB of page faults per rebuild at 670K neurons.
+        buckets = self._reused("table_buckets", (sel.l, m), np.int32)   # table-major
         with _single_threaded_blas():
             for neurons, tabs in parts:
                 for start in range(0, m, _HASH_CHUNK_ROWS):   # bounded projection buffer
@@ -608,14 +612,24 @@ class LSHLayer:
                 groups[np.arange(sel.l) % groups.shape[0]])     # (L, m): the ids of each table
         self.table_buckets = buckets
         self.table_draw = draw
-        offsets = np.empty((sel.l, self.n_buckets + 1), dtype=np.int32)
-        ids = np.empty((sel.l, self.n_out), dtype=np.int32)
+        old = self._tables if self._tables is not None else (None, None)
+        offsets = self._reused(old[0], (sel.l, self.n_buckets + 1), np.int32)
+        ids = self._reused(old[1], (sel.l, self.n_out), np.int32)
         self.dropped = _lsh.build_tables(buckets, self.n_buckets, sel.capacity,
                                          _BUCKET_POLICIES[sel.bucket_policy],
                                          self.family["seed"], offsets, ids, self.table_neurons,
                                          n_threads)
         self._tables = (offsets, ids)
         self.n_rebuilds = getattr(self, "n_rebuilds", 0) + 1
+
+    def _reused(self, array, shape, dtype):
+        """``array`` (or the attribute of that name) when it has this shape and dtype, else a new
+        empty array."""
+        if isinstance(array, str):
+            array = getattr(self, array, None)
+        if array is not None and array.shape == shape and array.dtype == dtype:
+            return array
+        return np.empty(shape, dtype=dtype)
 
     def _hash_table_major(self, rows, out, col0, tables, n_threads):
         """Buckets of dense ``rows`` in ``tables`` (None: all) written to
@@ -734,14 +748,29 @@ class LSHLayer:
         counts = np.empty(n, dtype=np.int32)
         n_forced = np.empty(n, dtype=np.int32)
         padded = np.empty((n, cap), dtype=np.int32)
+        scratch, stamp = self._query_scratch(n, n_threads)
         _lsh.query(qb, offsets, ids, _POLICIES[sel.policy], budget, sel.threshold, l_indptr,
                    l_idx, min_active, self.n_out, sel.capacity, self.family["seed"],
-                   self.step if step is None else step, counts, n_forced, padded, n_threads)
+                   self.step if step is None else step, counts, n_forced, padded, n_threads,
+                   scratch, stamp)
         indptr = np.empty(n + 1, dtype=np.int64)
         indices = np.empty(int(counts.sum()), dtype=np.int32)
         _lsh.compact(counts, padded, indptr, indices, n_threads)
         self.n_forced = n_forced
         return ActiveSet(np.empty(0, dtype=np.float32), self.n_out, indptr=indptr, indices=indices)
+
+    def _query_scratch(self, n, n_threads):
+        """The per-thread marks kept between queries and the first stamp for ``n`` samples
+        (``_lsh.query``'s ``scratch``/``stamp``): cleared only when created or when the stamps
+        would pass ``2**31 - 1``."""
+        scratch = self._buffers.get("query_scratch")
+        stamp = self._buffers.get("query_stamp", 0)
+        if scratch is None or scratch.shape[0] < n_threads or stamp + n > 2**31 - 1:
+            scratch = np.full((n_threads, 2 * self.n_out), -1, dtype=np.int32)
+            stamp = 0
+            self._buffers["query_scratch"] = scratch
+        self._buffers["query_stamp"] = stamp + n
+        return scratch, stamp
 
     # ---------------------------------------------------------------- forward / backward
     def forward(self, inputs, n_threads, training=False):

@@ -373,6 +373,41 @@ def test_query_policies_label_forcing_and_random_fill(policy, n_threads):
         np.testing.assert_array_equal(out1[i, :counts[i]], out[i, :counts[i]])
 
 
+@pytest.mark.parametrize("policy", [_lsh.UNION, _lsh.TOPK])
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_query_with_kept_scratch_equals_fresh_scratch(policy, n_threads):
+    # marks kept between calls (stamped per sample, never cleared) select what fresh ones do
+    rng = np.random.default_rng(4)
+    n_neurons, L, nb, n = 200, 5, 8, 30
+    buckets = rng.integers(0, nb, (L, n_neurons)).astype(np.int32)
+    offsets = np.empty((L, nb + 1), np.int32)
+    ids = np.empty((L, n_neurons), np.int32)
+    _lsh.build_tables(buckets, nb, 128, _lsh.FIFO, 0, offsets, ids)
+    l_indptr = np.arange(n + 1, dtype=np.int64)
+    scratch = np.full((n_threads, 2 * n_neurons), -1, np.int32)
+    stamp = 0
+    for call in range(4):
+        qb = rng.integers(0, nb, (n, L)).astype(np.int32)
+        l_idx = rng.integers(0, n_neurons, n).astype(np.int32)
+        got, ref = [], []
+        for kept in (True, False):
+            counts, forced = np.empty(n, np.int32), np.empty(n, np.int32)
+            out = np.empty((n, 41), np.int32)
+            _lsh.query(qb, offsets, ids, policy, 25, 2, l_indptr, l_idx, 40, n_neurons, 128, 9,
+                       call, counts, forced, out, n_threads,
+                       *((scratch, stamp) if kept else ()))
+            (got if kept else ref).append([list(out[i, :counts[i]]) for i in range(n)] +
+                                          [list(forced)])
+        assert got == ref
+        stamp += n
+    assert (scratch >= 0).any()
+    for bad in (dict(scratch=np.ascontiguousarray(scratch[:, :-1])), dict(scratch=scratch, stamp=-1),
+                dict(scratch=scratch, stamp=2**31 - 10)):
+        with pytest.raises(ValueError, match="scratch|stamp"):
+            _lsh.query(qb, offsets, ids, policy, 25, 2, l_indptr, l_idx, 40, n_neurons, 128, 9,
+                       0, counts, forced, out, n_threads, **bad)
+
+
 def test_query_fill_reaches_every_neuron_when_asked():
     L, nb, m = 2, 4, 50
     buckets = np.zeros((m, L), np.int32)
