@@ -131,6 +131,7 @@ def active_forward_dense(const float[:, ::1] X,        # IN (n, n_in)
             for e in range(indptr[i], indptr[i + 1]):
                 if e + _PREFETCH_AHEAD < indptr[i + 1]:
                     _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
+                    FF_PREFETCH_R(&bias[idx[e + _PREFETCH_AHEAD]])
                 out[e] = _act(bias[idx[e]] + (sdot_(<int> d, &X[i, 0], &Wt[idx[e], 0]) if d else 0.0), act)
 
 

@@ -576,10 +576,13 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
         for s in prange(nt, schedule="dynamic", chunksize=16):
-            if s + _ROWS_AHEAD < nt and d:
+            if s + _ROWS_AHEAD < nt:
                 ra = rows[s + _ROWS_AHEAD]
                 if 0 <= ra < n_rows:
                     _prefetch_rows_w(&param[ra, 0], &m[ra, 0], &v[ra, 0], d)
+                    _prefetch_rows_w(&bias[ra], &bias_m[ra], &bias_v[ra], 1)
+                    FF_OPTIM_PREFETCH_W(&t[ra])
+                    FF_OPTIM_PREFETCH_W(&bias_t[ra])
             r = rows[s]
             q0 = t_indptr[s]
             q1 = t_indptr[s + 1]
@@ -673,10 +676,12 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
         for s in prange(nt, schedule="dynamic", chunksize=16):
-            if s + _ROWS_AHEAD < nt and d:
+            if s + _ROWS_AHEAD < nt:
                 ra = rows[s + _ROWS_AHEAD]
                 if 0 <= ra < n_rows:
                     _prefetch_rows_w(&param[ra, 0], &velocity[ra, 0], &velocity[ra, 0], d)
+                    FF_OPTIM_PREFETCH_W(&bias[ra])
+                    FF_OPTIM_PREFETCH_W(&bias_velocity[ra])
             r = rows[s]
             q0 = t_indptr[s]
             q1 = t_indptr[s + 1]
