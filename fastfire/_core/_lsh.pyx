@@ -81,9 +81,20 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
+cdef inline uint64_t rand3_inner(uint64_t b, uint64_t c) noexcept nogil:
+    """The part of :func:`rand3` that depends on ``b`` and ``c`` only (hoisted by callers that
+    draw for many ``a``)."""
+    return mix64(b * 0xD1B54A32D192ED03ULL + mix64(c + 1))
+
+
+cdef inline uint64_t rand3_outer(uint64_t seed, uint64_t a, uint64_t inner) noexcept nogil:
+    """:func:`rand3` from ``rand3_inner(b, c)``."""
+    return mix64(seed ^ mix64(a * _GOLDEN + inner))
+
+
 cdef inline uint64_t rand3(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) noexcept nogil:
     """Counter-based random 64 bits from a seed and three counters."""
-    return mix64(seed ^ mix64(a * _GOLDEN + mix64(b * 0xD1B54A32D192ED03ULL + mix64(c + 1))))
+    return rand3_outer(seed, a, rand3_inner(b, c))
 
 
 def mix64_py(uint64_t x):
@@ -433,6 +444,15 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
     cdef int32_t j, slot, total, rid
     cdef int64_t dropped = 0
     cdef uint64_t u
+    # the reservoir draw rand3(seed, t, id, 11) has a part common to all tables: once per id
+    cdef uint64_t* inner = NULL
+    if policy == RESERVOIR and n_ids > 0:
+        inner = <uint64_t*> malloc(n_ids * sizeof(uint64_t))
+        if inner == NULL:
+            raise MemoryError()
+        with nogil:
+            for r in prange(n_ids, schedule="static", num_threads=n_threads):
+                inner[r] = rand3_inner(<uint64_t> r, 11)
     with nogil, parallel(num_threads=n_threads):
         seen = <int32_t*> malloc((n_buckets + 1) * sizeof(int32_t))
         for t in prange(L, schedule="dynamic", chunksize=1):
@@ -470,12 +490,13 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
                 elif policy == _FIFO:
                     slot = j % capacity
                 else:
-                    u = rand3(seed, <uint64_t> t, <uint64_t> rid, 11) % <uint64_t> (j + 1)
+                    u = rand3_outer(seed, <uint64_t> t, inner[rid]) % <uint64_t> (j + 1)
                     if u >= <uint64_t> capacity:
                         continue
                     slot = <int32_t> u
                 ids[t, off[b] + slot] = rid
         free(seen)
+    free(inner)
     if bad == 1:
         raise ValueError(f"build_tables: a bucket id lies outside [0, {n_buckets}).")
     if bad:

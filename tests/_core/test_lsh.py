@@ -200,6 +200,30 @@ def test_bucket_capacity_fifo_and_reservoir(policy):
         assert kept.mean() < 0.6 * n
 
 
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_reservoir_slots_follow_the_counter_based_draws(n_threads):
+    # neuron r, the j-th (0-based) of its bucket in table t, takes slot j while j < capacity,
+    # then slot rand3(seed, t, r, 11) % (j + 1) when that is below the capacity
+    rng = np.random.default_rng(3)
+    n, L, nb, cap, seed = 300, 3, 4, 5, 77
+    buckets = rng.integers(0, nb, (L, n)).astype(np.int32)
+    offsets = np.empty((L, nb + 1), np.int32)
+    ids = np.empty((L, n), np.int32)
+    _lsh.build_tables(buckets, nb, cap, _lsh.RESERVOIR, seed, offsets, ids, n_threads=n_threads)
+    for t in range(L):
+        slots = [[None] * cap for _ in range(nb)]
+        seen = [0] * nb
+        for r in range(n):
+            b = buckets[t, r]
+            j = seen[b]
+            seen[b] += 1
+            u = j if j < cap else _lsh.rand3_py(seed, t, r, 11) % (j + 1)
+            if u < cap:
+                slots[b][u] = r
+        for b in range(nb):
+            assert list(ids[t, offsets[t, b]:offsets[t, b + 1]]) == slots[b]
+
+
 @pytest.mark.parametrize("policy", [_lsh.FIFO, _lsh.RESERVOIR])
 @pytest.mark.parametrize("n_threads", THREADS)
 def test_tables_from_a_subset_of_neurons(policy, n_threads):
