@@ -26,7 +26,7 @@ from libc.math cimport expf, log1pf, logf, tanhf
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
-from fastfire._core._blas cimport saxpy_, sdot_
+from fastfire._core._vec cimport ff_vec_axpy, ff_vec_dot
 
 cdef extern from *:
     """
@@ -132,7 +132,7 @@ def active_forward_dense(const float[:, ::1] X,        # IN (n, n_in)
                 if e + _PREFETCH_AHEAD < indptr[i + 1]:
                     _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
                     FF_PREFETCH_R(&bias[idx[e + _PREFETCH_AHEAD]])
-                out[e] = _act(bias[idx[e]] + (sdot_(<int> d, &X[i, 0], &Wt[idx[e], 0]) if d else 0.0), act)
+                out[e] = _act(bias[idx[e]] + ff_vec_dot(&X[i, 0], &Wt[idx[e], 0], d), act)
 
 
 def active_forward_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
@@ -275,7 +275,7 @@ def active_input_grad(const float[::1] delta,           # IN (nnz,)
                 if e + _PREFETCH_AHEAD < indptr[i + 1]:
                     _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
                 if delta[e] != 0:
-                    saxpy_(<int> d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
+                    ff_vec_axpy(d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
 
 
 def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
@@ -352,7 +352,7 @@ def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
                     e = t_entries[q]
                     b = b + scale * delta[e]
                     if d and delta[e] != 0:
-                        saxpy_(<int> d, scale * delta[e], &X[entry_sample[e], 0], &grad[s, 0])
+                        ff_vec_axpy(d, scale * delta[e], &X[entry_sample[e], 0], &grad[s, 0])
                 bias_grad[s] = b
         else:
             for s in prange(nt, schedule="static", num_threads=n_threads):
@@ -364,7 +364,7 @@ def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
                     s = slot[e]
                     bias_grad[s] = bias_grad[s] + scale * delta[e]   # racy by design
                     if d and delta[e] != 0:
-                        saxpy_(<int> d, scale * delta[e], &X[i, 0], &grad[s, 0])
+                        ff_vec_axpy(d, scale * delta[e], &X[i, 0], &grad[s, 0])
 
 
 def grad_rows_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
@@ -492,4 +492,4 @@ def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of t
             for q in range(t_indptr[s], t_indptr[s + 1]):
                 e = t_entries[q]
                 if x_val[e] != 0:
-                    saxpy_(<int> p, scale * x_val[e], &delta[entry_sample[e], 0], row)
+                    ff_vec_axpy(p, scale * x_val[e], &delta[entry_sample[e], 0], row)

@@ -20,7 +20,7 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from fastfire._core._blas cimport saxpy_
+from fastfire._core._vec cimport ff_vec_axpy
 from libc.math cimport pow, sqrt
 
 from fastfire._core._types cimport float32_t, float64_t, index_t, offset_t
@@ -466,7 +466,7 @@ cdef inline int _row_gradient(const float* X, Py_ssize_t n, Py_ssize_t d,
             return 1
         acc = acc + scale * delta[e]
         if d and delta[e] != 0:
-            saxpy_(<int> d, scale * delta[e], X + i * d, g)
+            ff_vec_axpy(d, scale * delta[e], X + i * d, g)
     b[0] = acc
     return 0
 

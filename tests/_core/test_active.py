@@ -245,3 +245,26 @@ def test_csr_rows_grad_equals_numpy_on_the_batch_features(n_threads):
     with pytest.raises(ValueError, match="columns"):
         _active.csr_rows_grad(X.data, np.ascontiguousarray(delta[:, :3]), t_indptr, t_entries,
                               sample, grad, 1.0)
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 31, 32, 45, 128])
+def test_row_kernels_at_every_vector_width(d):
+    # the inline dot / axpy have 32-, 16-, 8-wide blocks and a scalar tail: cover each mix
+    rng = np.random.default_rng(d)
+    n, m = 5, 20
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    Wt = rng.standard_normal((m, d)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    indptr, idx = _active_set(rng, n, m, 8)
+    out = np.empty(idx.size, np.float32)
+    _active.active_forward_dense(X, Wt, b, indptr, idx, out, 0, 2)
+    rows, cols = _mask(indptr, idx, n, m)
+    ref = (X.astype(np.float64) @ Wt.T.astype(np.float64) + b)[rows, cols]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    delta = rng.standard_normal(idx.size).astype(np.float32)
+    ref_gW, ref_gb, ref_gx = _ref_backward(X, Wt, indptr, idx, delta)
+    touched, grad, bgrad = _backward(X, Wt, indptr, idx, delta, False, 2)
+    np.testing.assert_allclose(grad, ref_gW[touched], rtol=1e-5, atol=1e-5)
+    gx = np.empty_like(X)
+    _active.active_input_grad(delta, indptr, idx, Wt, gx, 2)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
