@@ -135,6 +135,65 @@ def active_forward_dense(const float[:, ::1] X,        # IN (n, n_in)
                 out[e] = _act(bias[idx[e]] + ff_vec_dot(&X[i, 0], &Wt[idx[e], 0], d), act)
 
 
+def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
+                              const float[:, ::1] Wt,        # IN (n_out, n_in) neuron-major
+                              const float[::1] bias,         # IN (n_out,)
+                              const int32_t[::1] rows,       # IN (n_touched,) distinct ids
+                              const int64_t[::1] t_indptr,   # IN (>= n_touched + 1,)
+                              const int64_t[::1] t_entries,  # IN entries grouped by row slot
+                              const int32_t[::1] entry_sample,  # IN (nnz,)
+                              float[::1] out,                # OUT (nnz,)
+                              int act=0, int n_threads=1):
+    """:func:`active_forward_dense` computed row by row: parallel over the touched rows (the
+    layout of :func:`touched_rows`), each weight row read once for all its entries.
+
+    ``out[e] = act(bias[r] + Wt[r] . X[entry_sample[e]])`` for every entry ``e`` of row
+    ``r = rows[s]``, ``e`` in ``t_entries[t_indptr[s]:t_indptr[s + 1]]``: the same values, bit
+    for bit, as the sample-major kernel. When a batch touches each row several times (20K
+    labels, ~1,000 active per sample: ~6 entries per row) the sample-major pass reads every
+    weight row that many times.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], nt = rows.shape[0], nnz = out.shape[0]
+    cdef Py_ssize_t n_out = Wt.shape[0], n_entries = t_entries.shape[0], s
+    cdef int64_t q, e
+    cdef int32_t r, ra, i
+    cdef int bad = 0
+    if Wt.shape[1] != d:
+        raise ValueError(f"Wt has {Wt.shape[1]} inputs, X {d}.")
+    if bias.shape[0] != n_out:
+        raise ValueError(f"bias has {bias.shape[0]} entries, Wt {n_out} rows.")
+    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz:
+        raise ValueError("active_forward_rows_dense: t_indptr / entry_sample do not match.")
+    _check_threads(n_threads)
+    if nt == 0:
+        return
+    with nogil:
+        for s in prange(nt, schedule="dynamic", chunksize=16, num_threads=n_threads):
+            if s + _PREFETCH_AHEAD < nt:
+                ra = rows[s + _PREFETCH_AHEAD]
+                if 0 <= ra < n_out:
+                    _prefetch_row(&Wt[ra, 0], d)
+                    FF_PREFETCH_R(&bias[ra])
+            r = rows[s]
+            if r < 0 or r >= n_out or t_indptr[s] < 0 or t_indptr[s] > t_indptr[s + 1] \
+                    or t_indptr[s + 1] > n_entries:
+                bad += 1
+                continue
+            for q in range(t_indptr[s], t_indptr[s + 1]):
+                e = t_entries[q]
+                if e < 0 or e >= nnz:
+                    bad += 1
+                    break
+                i = entry_sample[e]
+                if i < 0 or i >= n:
+                    bad += 1
+                    break
+                out[e] = _act(bias[r] + ff_vec_dot(&X[i, 0], &Wt[r, 0], d), act)
+    if bad:
+        raise ValueError(f"active_forward_rows_dense: {bad} rows or entries out of range were "
+                         "skipped.")
+
+
 def active_forward_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
                        const float[::1] x_val,         # IN CSR input (n, n_in)
                        const float[:, ::1] Wt,         # IN (n_out, n_in)

@@ -396,6 +396,7 @@ class LSHLayer:
         self._inputs = None
         self._active = None
         self._delta = None
+        self._touched = None
         self.n_forced = None
         self._mark = np.full(self.n_out, -1, dtype=np.int32)
         self._tables = None
@@ -794,13 +795,39 @@ class LSHLayer:
             self._inputs = inputs if training else None
             self._active = None
             return ActiveSet.from_dense(out)
-        out = self.forward_active(inputs, active, n_threads)
+        self._touched = None
+        if training and inputs.is_dense:
+            # the batch's touched rows serve both passes: the forward reads each weight row once
+            # for all its entries, the backward sums each gradient row from them
+            self._touched = self._touched_rows(active)
+            nt, rows, _, t_indptr, t_entries, entry_sample = self._touched
+            values = np.empty(active.indices.shape[0], dtype=np.float32)
+            _active.active_forward_rows_dense(inputs.values, self.Wt, self.intercept, rows[:nt],
+                                              t_indptr, t_entries, entry_sample, values,
+                                              self._act_code, n_threads)
+            out = ActiveSet(values, self.n_out, indptr=active.indptr, indices=active.indices)
+        else:
+            out = self.forward_active(inputs, active, n_threads)
         if training:
             self._inputs = inputs
             self.step += 1
             self.last_batch_size = n
         self._active = active
         return out
+
+    def _touched_rows(self, active):
+        """``_active.touched_rows`` of an active set on the layer's buffers: ``(n_touched, rows,
+        slot, t_indptr, t_entries, entry_sample)``."""
+        nnz = active.indices.shape[0]
+        m = min(nnz, self.n_out)
+        rows = self._buffer("rows", (m,), np.int32)
+        slot = self._buffer("slot", (nnz,), np.int32)
+        t_indptr = self._buffer("t_indptr", (m + 1,), np.int64)
+        t_entries = self._buffer("t_entries", (nnz,), np.int64)
+        entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
+        nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
+                                  t_indptr, t_entries, entry_sample)
+        return nt, rows, slot, t_indptr, t_entries, entry_sample
 
     def forward_active(self, inputs, active, n_threads):
         """Outputs of the neurons of a given active set (no training state kept)."""
@@ -842,15 +869,8 @@ class LSHLayer:
         if delta.ndim == 2:
             delta = self._delta
         n = inputs.n_samples
-        nnz = active.indices.shape[0]
-        m = min(nnz, self.n_out)
-        rows = self._buffer("rows", (m,), np.int32)
-        slot = self._buffer("slot", (nnz,), np.int32)
-        t_indptr = self._buffer("t_indptr", (m + 1,), np.int64)
-        t_entries = self._buffer("t_entries", (nnz,), np.int64)
-        entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
-        nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
-                                  t_indptr, t_entries, entry_sample)
+        touched = getattr(self, "_touched", None) or self._touched_rows(active)
+        nt, rows, slot, t_indptr, t_entries, entry_sample = touched
         hogwild = not self.selector.deterministic
         if inputs.is_dense:
             # Dense inputs (an output layer over a hidden layer): each gradient row is summed on
@@ -884,11 +904,12 @@ class LSHLayer:
         self._inputs = None
         self._active = None
         self._delta = None
+        self._touched = None
         self._tables = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("Wt", "_inputs", "_active", "_delta", "_tables", "table_buckets",
+        for key in ("Wt", "_inputs", "_active", "_delta", "_touched", "_tables", "table_buckets",
                     "table_neurons", "_buffers",
                     "coef_grad", "intercept_grad", "_mark", "n_forced", "_targets"):
             state.pop(key, None)

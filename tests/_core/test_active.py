@@ -268,3 +268,32 @@ def test_row_kernels_at_every_vector_width(d):
     gx = np.empty_like(X)
     _active.active_input_grad(delta, indptr, idx, Wt, gx, 2)
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+def test_forward_by_rows_equals_forward_by_samples(problem, n_threads, act):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz = Wt.shape[0], idx.size
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    es = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
+                              t_entries, es)
+    by_samples = np.empty(nnz, np.float32)
+    _active.active_forward_dense(X, Wt, b, indptr, idx, by_samples, act, n_threads)
+    by_rows = np.full(nnz, np.nan, np.float32)
+    _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr, t_entries, es, by_rows,
+                                      act, n_threads)
+    np.testing.assert_array_equal(by_rows, by_samples)
+    bad_rows = rows[:nt].copy()
+    bad_rows[0] = m
+    bad_entries = t_entries.copy()
+    bad_entries[0] = nnz
+    for args in ((bad_rows, t_indptr, t_entries, es), (rows[:nt], t_indptr, bad_entries, es),
+                 (rows[:nt], t_indptr, t_entries, np.full(nnz, X.shape[0], np.int32))):
+        with pytest.raises(ValueError, match="out of range"):
+            _active.active_forward_rows_dense(X, Wt, b, *args, by_rows, act, n_threads)
+    with pytest.raises(ValueError, match="do not match"):
+        _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr[:nt], t_entries, es,
+                                          by_rows, act, n_threads)
