@@ -26,6 +26,7 @@ from libc.math cimport expf, log1pf, logf, tanhf
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
+from fastfire._core._openmp cimport omp_get_num_threads, omp_get_thread_num
 from fastfire._core._vec cimport ff_vec_axpy, ff_vec_dot
 
 cdef extern from *:
@@ -335,6 +336,79 @@ def active_input_grad(const float[::1] delta,           # IN (nnz,)
                     _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
                 if delta[e] != 0:
                     ff_vec_axpy(d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
+
+
+def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
+                           const float[:, ::1] Wt,            # IN (n_out, n_in)
+                           const int32_t[::1] rows,           # IN (n_touched,) distinct ids
+                           const int64_t[::1] t_indptr,       # IN (>= n_touched + 1,)
+                           const int64_t[::1] t_entries,      # IN entries grouped by row slot
+                           const int32_t[::1] entry_sample,   # IN (nnz,)
+                           float[:, ::1] input_grad,          # OUT (n, n_in)
+                           float[:, :, ::1] partial,          # SCRATCH (>= n_threads - 1, n, n_in)
+                           int n_threads=1):
+    """:func:`active_input_grad` computed row by row: each weight row is read once and added,
+    scaled by each of its entries' delta, into its sample's row of a per-thread accumulator
+    (thread 0's is ``input_grad``, the others' are ``partial``); the accumulators are then
+    summed in thread order.
+
+    The rows are split over the threads in a fixed round-robin of chunks (static schedule), so
+    the result is the same for a given thread count; the summation order (by row, then by
+    thread) differs from the sample-major kernel's, so the bits differ across thread counts.
+    """
+    cdef Py_ssize_t n = input_grad.shape[0], d = input_grad.shape[1], nt = rows.shape[0]
+    cdef Py_ssize_t nnz = delta.shape[0], n_out = Wt.shape[0], n_entries = t_entries.shape[0]
+    cdef Py_ssize_t s, i, k
+    cdef int64_t q, e
+    cdef int32_t r, ra, smp
+    cdef int tid, team = 1, bad = 0
+    cdef int* teamp = &team     # written inside the parallel block, read after it
+    cdef int* badp = &bad
+    cdef float* acc
+    if Wt.shape[1] != d:
+        raise ValueError(f"Wt has {Wt.shape[1]} inputs, input_grad {d}.")
+    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz:
+        raise ValueError("active_input_grad_rows: t_indptr / entry_sample do not match.")
+    _check_threads(n_threads)
+    if n_threads > 1 and (partial.shape[0] < n_threads - 1 or partial.shape[1] != n
+                          or partial.shape[2] != d):
+        raise ValueError(f"active_input_grad_rows: partial must be (>= {n_threads - 1}, {n}, {d}).")
+    if n == 0 or d == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        tid = omp_get_thread_num()
+        if tid == 0:
+            teamp[0] = omp_get_num_threads()
+        acc = &input_grad[0, 0] if tid == 0 else &partial[tid - 1, 0, 0]
+        memset(acc, 0, n * d * sizeof(float))
+        for s in prange(nt, schedule="static", chunksize=64):
+            if s + _PREFETCH_AHEAD < nt:
+                ra = rows[s + _PREFETCH_AHEAD]
+                if 0 <= ra < n_out:
+                    _prefetch_row(&Wt[ra, 0], d)
+            r = rows[s]
+            if r < 0 or r >= n_out or t_indptr[s] < 0 or t_indptr[s] > t_indptr[s + 1] \
+                    or t_indptr[s + 1] > n_entries:
+                badp[0] = 1
+                continue
+            for q in range(t_indptr[s], t_indptr[s + 1]):
+                e = t_entries[q]
+                if e < 0 or e >= nnz:
+                    badp[0] = 1
+                    break
+                smp = entry_sample[e]
+                if smp < 0 or smp >= n:
+                    badp[0] = 1
+                    break
+                if delta[e] != 0:
+                    ff_vec_axpy(d, delta[e], &Wt[r, 0], acc + smp * d)
+    with nogil:
+        if team > 1:
+            for i in prange(n, schedule="static", num_threads=n_threads):
+                for k in range(team - 1):
+                    ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
+    if bad:
+        raise ValueError("active_input_grad_rows: rows or entries out of range were skipped.")
 
 
 def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)

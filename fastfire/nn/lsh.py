@@ -208,8 +208,10 @@ class LSH(Selector):
         HOGWILD, lets threads add into shared gradient rows without synchronisation where
         that is faster: for a CSR (first-layer) input; NOT deterministic with more than one
         thread there. With a dense input (the usual output layer over a hidden layer) both
-        modes sum each gradient row on one thread, which measured faster than HOGWILD
-        (bench/RESULTS-lsh.md, "backward"), so the result is deterministic either way.
+        modes sum each weight-gradient row on one thread, which measured faster than HOGWILD
+        (bench/RESULTS-lsh.md, "backward"); the default then sums the gradient passed to the
+        layer below row by row into per-thread accumulators (each weight row read once), which
+        gives the same bits for a given thread count but not across thread counts.
     random_state : int or None, default=None
         Seed of the hash functions, of the random fill and of reservoir sampling. None: a seed
         drawn from the estimator's ``random_state``.
@@ -895,8 +897,16 @@ class LSHLayer:
         if not need_input_grad:
             return None
         input_grad = self._buffer("input_grad", (n, self.n_in), np.float32)
-        _active.active_input_grad(delta, active.indptr, active.indices, self.Wt, input_grad,
-                                  n_threads)
+        if hogwild and inputs.is_dense:
+            # row by row, each weight row read once for all its entries, into per-thread
+            # accumulators: the same result for a given thread count, not across counts
+            partial = self._buffer("input_grad_partial", (max(n_threads - 1, 1), n, self.n_in),
+                                   np.float32)
+            _active.active_input_grad_rows(delta, self.Wt, rows[:nt], t_indptr, t_entries,
+                                           entry_sample, input_grad, partial, n_threads)
+        else:
+            _active.active_input_grad(delta, active.indptr, active.indices, self.Wt, input_grad,
+                                      n_threads)
         return input_grad
 
     def release_buffers(self):

@@ -297,3 +297,35 @@ def test_forward_by_rows_equals_forward_by_samples(problem, n_threads, act):
     with pytest.raises(ValueError, match="do not match"):
         _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr[:nt], t_entries, es,
                                           by_rows, act, n_threads)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_input_grad_by_rows_equals_numpy(problem, n_threads):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz, n = Wt.shape[0], idx.size, X.shape[0]
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    es = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
+                              t_entries, es)
+    delta = rng.standard_normal(nnz).astype(np.float32)
+    delta[::5] = 0.0
+    _, _, ref_gx = _ref_backward(X, Wt, indptr, idx, delta)
+    partial = np.full((max(n_threads - 1, 1), n, X.shape[1]), np.nan, np.float32)
+    runs = []
+    for _ in range(2):                      # the same bits for a given thread count
+        gx = np.full_like(X, np.nan)
+        _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, t_entries, es, gx,
+                                       partial, n_threads)
+        runs.append(gx)
+    np.testing.assert_allclose(runs[0], ref_gx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    bad = t_entries.copy()
+    bad[3] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, bad, es, gx, partial,
+                                       n_threads)
+    if n_threads > 1:
+        with pytest.raises(ValueError, match="partial"):
+            _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, t_entries, es, gx,
+                                           np.ascontiguousarray(partial[:, :-1]), n_threads)
