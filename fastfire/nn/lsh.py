@@ -988,7 +988,7 @@ class SparseInputLayer(DenseLayer):
         mark = self.__dict__.get("_mark")
         if mark is None or mark.shape[0] != self.n_in:
             mark = self.__dict__["_mark"] = np.full(self.n_in, -1, dtype=np.int32)
-        # the batch's distinct features (first-appearance order) and their entries, by feature
+        # the batch's distinct features (increasing ids) and their entries, by feature
         rows = np.empty(m, dtype=np.int32)
         slot = np.empty(nnz, dtype=np.int32)
         t_indptr = np.empty(m + 1, dtype=np.int64)

@@ -329,3 +329,26 @@ def test_input_grad_by_rows_equals_numpy(problem, n_threads):
         with pytest.raises(ValueError, match="partial"):
             _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, t_entries, es, gx,
                                            np.ascontiguousarray(partial[:, :-1]), n_threads)
+
+
+def test_touched_rows_is_a_counting_sort_by_neuron(problem):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz = Wt.shape[0], idx.size
+    mark = np.full(m, -1, np.int32)
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    es = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
+    np.testing.assert_array_equal(rows[:nt], np.unique(idx))          # increasing ids
+    np.testing.assert_array_equal(rows[slot], idx)
+    np.testing.assert_array_equal(es, np.repeat(np.arange(X.shape[0]), np.diff(indptr)))
+    for s in range(nt):
+        entries = t_entries[t_indptr[s]:t_indptr[s + 1]]
+        np.testing.assert_array_equal(entries, np.flatnonzero(idx == rows[s]))  # in order
+    assert (mark == -1).all()
+    mark[3] = 5                                                       # a dirty scratch
+    with pytest.raises(ValueError, match="mark"):
+        _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
+    with pytest.raises(ValueError, match="outside"):
+        _active.touched_rows(indptr, np.full(nnz, m, np.int32), np.full(m, -1, np.int32), rows,
+                             slot, t_indptr, t_entries, es)
