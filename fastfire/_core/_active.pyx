@@ -9,7 +9,7 @@ Active sets are CSR-like: the active neurons of sample ``i`` are ``idx[indptr[i]
 and the flat arrays of values / deltas follow that layout.
 
 Gradients are accumulated for the touched rows only: :func:`touched_rows` lists the distinct
-neurons of a batch (first-appearance order) and gives every active entry its row slot, plus a
+neurons of a batch (in increasing id order) and gives every active entry its row slot, plus a
 slot-major transpose of the entries (samples in increasing order). :func:`grad_rows_dense` /
 :func:`grad_rows_csr` then fill a compact ``(n_touched, n_in)`` gradient either
 
@@ -26,7 +26,8 @@ from libc.math cimport expf, log1pf, logf, tanhf
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
-from fastfire._core._blas cimport saxpy_, sdot_
+from fastfire._core._openmp cimport omp_get_num_threads, omp_get_thread_num
+from fastfire._core._vec cimport ff_vec_axpy, ff_vec_dot
 
 cdef extern from *:
     """
@@ -131,7 +132,67 @@ def active_forward_dense(const float[:, ::1] X,        # IN (n, n_in)
             for e in range(indptr[i], indptr[i + 1]):
                 if e + _PREFETCH_AHEAD < indptr[i + 1]:
                     _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
-                out[e] = _act(bias[idx[e]] + (sdot_(<int> d, &X[i, 0], &Wt[idx[e], 0]) if d else 0.0), act)
+                    FF_PREFETCH_R(&bias[idx[e + _PREFETCH_AHEAD]])
+                out[e] = _act(bias[idx[e]] + ff_vec_dot(&X[i, 0], &Wt[idx[e], 0], d), act)
+
+
+def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
+                              const float[:, ::1] Wt,        # IN (n_out, n_in) neuron-major
+                              const float[::1] bias,         # IN (n_out,)
+                              const int32_t[::1] rows,       # IN (n_touched,) distinct ids
+                              const int64_t[::1] t_indptr,   # IN (>= n_touched + 1,)
+                              const int64_t[::1] t_entries,  # IN entries grouped by row slot
+                              const int32_t[::1] entry_sample,  # IN (nnz,)
+                              float[::1] out,                # OUT (nnz,)
+                              int act=0, int n_threads=1):
+    """:func:`active_forward_dense` computed row by row: parallel over the touched rows (the
+    layout of :func:`touched_rows`), each weight row read once for all its entries.
+
+    ``out[e] = act(bias[r] + Wt[r] . X[entry_sample[e]])`` for every entry ``e`` of row
+    ``r = rows[s]``, ``e`` in ``t_entries[t_indptr[s]:t_indptr[s + 1]]``: the same values, bit
+    for bit, as the sample-major kernel. When a batch touches each row several times (20K
+    labels, ~1,000 active per sample: ~6 entries per row) the sample-major pass reads every
+    weight row that many times.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], nt = rows.shape[0], nnz = out.shape[0]
+    cdef Py_ssize_t n_out = Wt.shape[0], n_entries = t_entries.shape[0], s
+    cdef int64_t q, e
+    cdef int32_t r, ra, i
+    cdef int bad = 0
+    if Wt.shape[1] != d:
+        raise ValueError(f"Wt has {Wt.shape[1]} inputs, X {d}.")
+    if bias.shape[0] != n_out:
+        raise ValueError(f"bias has {bias.shape[0]} entries, Wt {n_out} rows.")
+    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz:
+        raise ValueError("active_forward_rows_dense: t_indptr / entry_sample do not match.")
+    _check_threads(n_threads)
+    if nt == 0:
+        return
+    with nogil:
+        for s in prange(nt, schedule="dynamic", chunksize=16, num_threads=n_threads):
+            if s + _PREFETCH_AHEAD < nt:
+                ra = rows[s + _PREFETCH_AHEAD]
+                if 0 <= ra < n_out:
+                    _prefetch_row(&Wt[ra, 0], d)
+                    FF_PREFETCH_R(&bias[ra])
+            r = rows[s]
+            if r < 0 or r >= n_out or t_indptr[s] < 0 or t_indptr[s] > t_indptr[s + 1] \
+                    or t_indptr[s + 1] > n_entries:
+                bad += 1
+                continue
+            for q in range(t_indptr[s], t_indptr[s + 1]):
+                e = t_entries[q]
+                if e < 0 or e >= nnz:
+                    bad += 1
+                    break
+                i = entry_sample[e]
+                if i < 0 or i >= n:
+                    bad += 1
+                    break
+                out[e] = _act(bias[r] + ff_vec_dot(&X[i, 0], &Wt[r, 0], d), act)
+    if bad:
+        raise ValueError(f"active_forward_rows_dense: {bad} rows or entries out of range were "
+                         "skipped.")
 
 
 def active_forward_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
@@ -274,7 +335,80 @@ def active_input_grad(const float[::1] delta,           # IN (nnz,)
                 if e + _PREFETCH_AHEAD < indptr[i + 1]:
                     _prefetch_row(&Wt[idx[e + _PREFETCH_AHEAD], 0], d)
                 if delta[e] != 0:
-                    saxpy_(<int> d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
+                    ff_vec_axpy(d, delta[e], &Wt[idx[e], 0], &input_grad[i, 0])
+
+
+def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
+                           const float[:, ::1] Wt,            # IN (n_out, n_in)
+                           const int32_t[::1] rows,           # IN (n_touched,) distinct ids
+                           const int64_t[::1] t_indptr,       # IN (>= n_touched + 1,)
+                           const int64_t[::1] t_entries,      # IN entries grouped by row slot
+                           const int32_t[::1] entry_sample,   # IN (nnz,)
+                           float[:, ::1] input_grad,          # OUT (n, n_in)
+                           float[:, :, ::1] partial,          # SCRATCH (>= n_threads - 1, n, n_in)
+                           int n_threads=1):
+    """:func:`active_input_grad` computed row by row: each weight row is read once and added,
+    scaled by each of its entries' delta, into its sample's row of a per-thread accumulator
+    (thread 0's is ``input_grad``, the others' are ``partial``); the accumulators are then
+    summed in thread order.
+
+    The rows are split over the threads in a fixed round-robin of chunks (static schedule), so
+    the result is the same for a given thread count; the summation order (by row, then by
+    thread) differs from the sample-major kernel's, so the bits differ across thread counts.
+    """
+    cdef Py_ssize_t n = input_grad.shape[0], d = input_grad.shape[1], nt = rows.shape[0]
+    cdef Py_ssize_t nnz = delta.shape[0], n_out = Wt.shape[0], n_entries = t_entries.shape[0]
+    cdef Py_ssize_t s, i, k
+    cdef int64_t q, e
+    cdef int32_t r, ra, smp
+    cdef int tid, team = 1, bad = 0
+    cdef int* teamp = &team     # written inside the parallel block, read after it
+    cdef int* badp = &bad
+    cdef float* acc
+    if Wt.shape[1] != d:
+        raise ValueError(f"Wt has {Wt.shape[1]} inputs, input_grad {d}.")
+    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz:
+        raise ValueError("active_input_grad_rows: t_indptr / entry_sample do not match.")
+    _check_threads(n_threads)
+    if n_threads > 1 and (partial.shape[0] < n_threads - 1 or partial.shape[1] != n
+                          or partial.shape[2] != d):
+        raise ValueError(f"active_input_grad_rows: partial must be (>= {n_threads - 1}, {n}, {d}).")
+    if n == 0 or d == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        tid = omp_get_thread_num()
+        if tid == 0:
+            teamp[0] = omp_get_num_threads()
+        acc = &input_grad[0, 0] if tid == 0 else &partial[tid - 1, 0, 0]
+        memset(acc, 0, n * d * sizeof(float))
+        for s in prange(nt, schedule="static", chunksize=64):
+            if s + _PREFETCH_AHEAD < nt:
+                ra = rows[s + _PREFETCH_AHEAD]
+                if 0 <= ra < n_out:
+                    _prefetch_row(&Wt[ra, 0], d)
+            r = rows[s]
+            if r < 0 or r >= n_out or t_indptr[s] < 0 or t_indptr[s] > t_indptr[s + 1] \
+                    or t_indptr[s + 1] > n_entries:
+                badp[0] = 1
+                continue
+            for q in range(t_indptr[s], t_indptr[s + 1]):
+                e = t_entries[q]
+                if e < 0 or e >= nnz:
+                    badp[0] = 1
+                    break
+                smp = entry_sample[e]
+                if smp < 0 or smp >= n:
+                    badp[0] = 1
+                    break
+                if delta[e] != 0:
+                    ff_vec_axpy(d, delta[e], &Wt[r, 0], acc + smp * d)
+    with nogil:
+        if team > 1:
+            for i in prange(n, schedule="static", num_threads=n_threads):
+                for k in range(team - 1):
+                    ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
+    if bad:
+        raise ValueError("active_input_grad_rows: rows or entries out of range were skipped.")
 
 
 def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
@@ -285,38 +419,57 @@ def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
                  int64_t[::1] t_indptr,                 # OUT (>= n_touched + 1,)
                  int64_t[::1] t_entries,                # OUT (nnz,) entries grouped by slot
                  int32_t[::1] entry_sample):            # OUT (nnz,) sample of each entry
-    """Distinct neurons of a batch (first-appearance order) and the slot-major transpose of the
-    active entries (samples in increasing order within a slot). Sequential, O(nnz).
-    Returns ``n_touched``."""
-    cdef Py_ssize_t n = indptr.shape[0] - 1, i, nnz = idx.shape[0]
+    """Distinct neurons of a batch in increasing id order and the slot-major transpose of the
+    active entries (samples in increasing order within a slot): a counting sort by neuron id.
+    Sequential, O(nnz + n_out). Returns ``n_touched``.
+
+    The increasing order lets the kernels that then visit the touched rows (forward by rows,
+    the optimizer's row pass, the input gradient by rows) sweep the weight and state arrays
+    forward instead of jumping between random rows.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i, nnz = idx.shape[0], n_out = mark.shape[0]
+    cdef Py_ssize_t r
     cdef int64_t e, s
-    cdef int32_t nt = 0, r
+    cdef int32_t nt = 0
+    cdef Py_ssize_t max_rows = rows.shape[0]
+    cdef bint bad = False
     _check_set(indptr, idx, n)
     if slot.shape[0] != nnz or t_entries.shape[0] != nnz or entry_sample.shape[0] != nnz:
         raise ValueError("touched_rows: slot, t_entries and entry_sample need one entry per active entry.")
-    if rows.shape[0] < min(nnz, mark.shape[0]) or t_indptr.shape[0] < min(nnz, mark.shape[0]) + 1:
+    if rows.shape[0] < min(nnz, n_out) or t_indptr.shape[0] < min(nnz, n_out) + 1:
         raise ValueError("touched_rows: rows / t_indptr are too short.")
+    for e in range(nnz):
+        if idx[e] < 0 or idx[e] >= n_out:
+            raise ValueError(f"touched_rows: neuron id {idx[e]} outside [0, {n_out}).")
     with nogil:
-        for i in range(n):
+        for i in range(n):                              # mark[r]: entries of r, minus one
             for e in range(indptr[i], indptr[i + 1]):
                 entry_sample[e] = <int32_t> i
-                r = idx[e]
-                if mark[r] < 0:
-                    mark[r] = nt
-                    rows[nt] = r
-                    t_indptr[nt + 1] = 0
-                    nt = nt + 1
-                slot[e] = mark[r]
-                t_indptr[mark[r] + 1] += 1
+                mark[idx[e]] += 1
         t_indptr[0] = 0
-        for s in range(nt):
-            t_indptr[s + 1] += t_indptr[s]
-        for s in range(nt):
-            mark[rows[s]] = <int32_t> t_indptr[s]   # fill cursor, reset below
+        for r in range(n_out):                          # slots in increasing id order
+            if mark[r] >= 0:
+                if nt >= max_rows:
+                    bad = True
+                    break
+                rows[nt] = <int32_t> r
+                t_indptr[nt + 1] = t_indptr[nt] + mark[r] + 1
+                mark[r] = nt
+                nt = nt + 1
+        if bad or t_indptr[nt] != nnz:                  # mark was not all -1 on entry
+            for s in range(nt):
+                mark[rows[s]] = -1
+            bad = True
+    if bad:
+        raise ValueError("touched_rows: mark must be all -1 on entry.")
+    with nogil:
         for e in range(nnz):
-            s = slot[e]
-            t_entries[mark[rows[s]]] = e
-            mark[rows[s]] += 1
+            slot[e] = mark[idx[e]]
+        for s in range(nt):
+            mark[rows[s]] = <int32_t> t_indptr[s]     # fill cursor, reset below
+        for e in range(nnz):
+            t_entries[mark[idx[e]]] = e
+            mark[idx[e]] += 1
         for s in range(nt):
             mark[rows[s]] = -1
     return nt
@@ -351,7 +504,7 @@ def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
                     e = t_entries[q]
                     b = b + scale * delta[e]
                     if d and delta[e] != 0:
-                        saxpy_(<int> d, scale * delta[e], &X[entry_sample[e], 0], &grad[s, 0])
+                        ff_vec_axpy(d, scale * delta[e], &X[entry_sample[e], 0], &grad[s, 0])
                 bias_grad[s] = b
         else:
             for s in prange(nt, schedule="static", num_threads=n_threads):
@@ -363,7 +516,7 @@ def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
                     s = slot[e]
                     bias_grad[s] = bias_grad[s] + scale * delta[e]   # racy by design
                     if d and delta[e] != 0:
-                        saxpy_(<int> d, scale * delta[e], &X[i, 0], &grad[s, 0])
+                        ff_vec_axpy(d, scale * delta[e], &X[i, 0], &grad[s, 0])
 
 
 def grad_rows_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
@@ -491,4 +644,4 @@ def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of t
             for q in range(t_indptr[s], t_indptr[s + 1]):
                 e = t_entries[q]
                 if x_val[e] != 0:
-                    saxpy_(<int> p, scale * x_val[e], &delta[entry_sample[e], 0], row)
+                    ff_vec_axpy(p, scale * x_val[e], &delta[entry_sample[e], 0], row)

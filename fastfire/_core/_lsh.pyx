@@ -42,7 +42,10 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from fastfire._core._openmp cimport omp_get_thread_num
 from fastfire._core._types cimport index_t, offset_t
+
+import numpy as np
 
 SIMHASH = 0
 WTA = 1
@@ -78,9 +81,20 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
+cdef inline uint64_t rand3_inner(uint64_t b, uint64_t c) noexcept nogil:
+    """The part of :func:`rand3` that depends on ``b`` and ``c`` only (hoisted by callers that
+    draw for many ``a``)."""
+    return mix64(b * 0xD1B54A32D192ED03ULL + mix64(c + 1))
+
+
+cdef inline uint64_t rand3_outer(uint64_t seed, uint64_t a, uint64_t inner) noexcept nogil:
+    """:func:`rand3` from ``rand3_inner(b, c)``."""
+    return mix64(seed ^ mix64(a * _GOLDEN + inner))
+
+
 cdef inline uint64_t rand3(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) noexcept nogil:
     """Counter-based random 64 bits from a seed and three counters."""
-    return mix64(seed ^ mix64(a * _GOLDEN + mix64(b * 0xD1B54A32D192ED03ULL + mix64(c + 1))))
+    return rand3_outer(seed, a, rand3_inner(b, c))
 
 
 def mix64_py(uint64_t x):
@@ -363,19 +377,29 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
     _check_threads(n_threads)
     if n == 0:
         return
-    with nogil:
-        for i in prange(n, schedule="static", num_threads=n_threads):
+    # the column of every key bit, so one loop serves both layouts
+    cdef int32_t[::1] bit_cols = np.ascontiguousarray(cols) if pooled else \
+        np.arange(K * nt, dtype=np.int32)
+    cdef Py_ssize_t width = S.shape[1], h
+    cdef unsigned char* sign
+    cdef const float* row
+    with nogil, parallel(num_threads=n_threads):
+        # each row's signs once as bytes: a table's key bits are then byte loads, not float
+        # compares through the column map (K * L of them per row against ``width``)
+        sign = <unsigned char*> malloc(width if width > 0 else 1)
+        for i in prange(n, schedule="static"):
+            row = &S[i, 0]
+            for h in range(width):
+                sign[h] = 1 if row[h] > 0 else 0
             for j in range(nt):
                 key = 0
                 for k in range(K):
-                    if pooled:
-                        key = (key << 1) | (1 if S[i, cols[j * K + k]] > 0 else 0)
-                    else:
-                        key = (key << 1) | (1 if S[i, j * K + k] > 0 else 0)
+                    key = key | (<uint64_t> sign[bit_cols[j * K + k]] << (K - 1 - k))
                 t = tables[j] if listed else j
                 if range_pow > 0:
                     key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
                 out[t, col0 + i] = <int32_t> key
+        free(sign)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,6 +444,15 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
     cdef int32_t j, slot, total, rid
     cdef int64_t dropped = 0
     cdef uint64_t u
+    # the reservoir draw rand3(seed, t, id, 11) has a part common to all tables: once per id
+    cdef uint64_t* inner = NULL
+    if policy == RESERVOIR and n_ids > 0:
+        inner = <uint64_t*> malloc(n_ids * sizeof(uint64_t))
+        if inner == NULL:
+            raise MemoryError()
+        with nogil:
+            for r in prange(n_ids, schedule="static", num_threads=n_threads):
+                inner[r] = rand3_inner(<uint64_t> r, 11)
     with nogil, parallel(num_threads=n_threads):
         seen = <int32_t*> malloc((n_buckets + 1) * sizeof(int32_t))
         for t in prange(L, schedule="dynamic", chunksize=1):
@@ -457,12 +490,13 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
                 elif policy == _FIFO:
                     slot = j % capacity
                 else:
-                    u = rand3(seed, <uint64_t> t, <uint64_t> rid, 11) % <uint64_t> (j + 1)
+                    u = rand3_outer(seed, <uint64_t> t, inner[rid]) % <uint64_t> (j + 1)
                     if u >= <uint64_t> capacity:
                         continue
                     slot = <int32_t> u
                 ids[t, off[b] + slot] = rid
         free(seen)
+    free(inner)
     if bad == 1:
         raise ValueError(f"build_tables: a bucket id lies outside [0, {n_buckets}).")
     if bad:
@@ -494,7 +528,9 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
           int32_t[::1] counts,                   # OUT (n,) active neurons per sample
           int32_t[::1] n_forced,                 # OUT (n,) labels placed first
           int32_t[:, ::1] out,                   # OUT (n, capacity) active ids, first counts[i]
-          int n_threads=1):
+          int n_threads=1,
+          int32_t[:, ::1] scratch=None,          # SCRATCH (>= n_threads, 2 * n_neurons) or None
+          int32_t stamp=0):
     """Active output neurons of each sample from its buckets in the ``L`` tables.
 
     Per sample: the true labels first (when ``label_indptr`` is not empty), then the retrieved
@@ -505,6 +541,13 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
     index: the same for every thread count) until ``min_active`` are active. ``out`` must have
     room for ``max labels + max(budget, min_active)`` ids per sample; ``capacity`` is the
     tables' bucket capacity (the largest bucket size).
+
+    ``scratch``: per-thread work arrays kept by the caller between calls, every entry below
+    ``stamp`` on entry (start with -1 and pass ``stamp`` = the number of samples queried
+    before; the caller resets the scratch and the count before they pass ``2**31 - 1``).
+    Sample ``i`` marks its neurons with ``stamp + i``, so nothing is cleared per call. Without
+    it each call allocates and clears ``2 * n_neurons`` ints per thread, which at 670K
+    neurons cost more in page faults than the query itself.
     """
     cdef Py_ssize_t n = qbuckets.shape[0], L = qbuckets.shape[1], i
     cdef Py_ssize_t cap = out.shape[1]
@@ -526,6 +569,12 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
     elif max(budget, min_active) > cap:
         raise ValueError("query: out has too few columns for the budget.")
     _check_threads(n_threads)
+    cdef bint kept = scratch is not None
+    if kept and (scratch.shape[0] < n_threads or scratch.shape[1] < 2 * n_neurons):
+        raise ValueError(f"query: scratch must be (>= {n_threads}, >= {2 * n_neurons}).")
+    if stamp < 0 or <int64_t> stamp + n > 2147483647:
+        raise ValueError(f"query: stamp {stamp} + {n} samples leaves [0, 2**31 - 1].")
+    cdef int32_t mk
     cdef int n_b = offsets.shape[1] - 1
     cdef int32_t* mark
     cdef int32_t* cnt
@@ -539,19 +588,24 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
     if n == 0:
         return
     with nogil, parallel(num_threads=n_threads):
-        mark = <int32_t*> malloc(n_neurons * sizeof(int32_t))
-        cnt = <int32_t*> malloc(n_neurons * sizeof(int32_t))
+        if kept:
+            mark = &scratch[omp_get_thread_num(), 0]
+            cnt = mark + n_neurons
+        else:
+            mark = <int32_t*> malloc(n_neurons * sizeof(int32_t))
+            cnt = <int32_t*> malloc(n_neurons * sizeof(int32_t))
+            for q in range(n_neurons):
+                mark[q] = -1
         cand = <int32_t*> malloc((L * capacity + 1) * sizeof(int32_t)) if policy != _UNION else NULL
         hist = <int32_t*> malloc((L + 2) * sizeof(int32_t))
-        for q in range(n_neurons):
-            mark[q] = -1
         for i in prange(n, schedule="dynamic", chunksize=4):
+            mk = stamp + <int32_t> i
             ns = 0
             if has_labels:
                 for e in range(label_indptr[i], label_indptr[i + 1]):
                     r = labels[e]
-                    if r >= 0 and r < n_neurons and mark[r] != i:
-                        mark[r] = <int32_t> i
+                    if r >= 0 and r < n_neurons and mark[r] != mk:
+                        mark[r] = mk
                         cnt[r] = -1
                         out[i, ns] = r
                         ns = ns + 1
@@ -567,8 +621,8 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
                         e1 = offsets[t, b + 1]
                         for e in range(e0, e1):
                             r = ids[t, e]
-                            if mark[r] != i:
-                                mark[r] = <int32_t> i
+                            if mark[r] != mk:
+                                mark[r] = mk
                                 cnt[r] = 1
                                 out[i, ns] = r
                                 ns = ns + 1
@@ -580,8 +634,8 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
                         b = qbuckets[i, t]
                         for e in range(offsets[t, b], offsets[t, b + 1]):
                             r = ids[t, e]
-                            if mark[r] != i:
-                                mark[r] = <int32_t> i
+                            if mark[r] != mk:
+                                mark[r] = mk
                                 cnt[r] = 1
                                 cand[nc] = r
                                 nc = nc + 1
@@ -610,8 +664,8 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
             while ns < want and attempt < 8 * <int64_t> want + 64:
                 r = <int32_t> (rand3(seed, step, <uint64_t> i, <uint64_t> attempt) % <uint64_t> n_neurons)
                 attempt = attempt + 1
-                if mark[r] != i:
-                    mark[r] = <int32_t> i
+                if mark[r] != mk:
+                    mark[r] = mk
                     cnt[r] = 0
                     out[i, ns] = r
                     ns = ns + 1
@@ -620,13 +674,14 @@ def query(const int32_t[:, ::1] qbuckets,        # IN (n, L) bucket ids of the i
                 for c in range(n_neurons):
                     if ns >= want:
                         break
-                    if mark[(r + c) % n_neurons] != i:
-                        mark[(r + c) % n_neurons] = <int32_t> i
+                    if mark[(r + c) % n_neurons] != mk:
+                        mark[(r + c) % n_neurons] = mk
                         out[i, ns] = (r + c) % n_neurons
                         ns = ns + 1
             counts[i] = ns
-        free(mark)
-        free(cnt)
+        if not kept:
+            free(mark)
+            free(cnt)
         if cand != NULL:
             free(cand)
         free(hist)

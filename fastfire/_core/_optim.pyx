@@ -15,8 +15,12 @@ with an explicit SSE path on x86-64, since GCC does not vectorize ``sqrtf`` unde
 """
 
 from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, threads_for
-from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+from fastfire._core._vec cimport ff_vec_axpy
 from libc.math cimport pow, sqrt
 
 from fastfire._core._types cimport float32_t, float64_t, index_t, offset_t
@@ -405,6 +409,303 @@ def adam_step_rows(float[:, ::1] param,          # IN/OUT (n_rows, p)
     if bad:
         raise ValueError(f"adam_step_rows: {bad} row ids outside [0, {n_rows}) were skipped.")
     return _ordered_sum(row_sums)
+
+
+# Fused gradient + update of the rows an active-set layer touched (the LSH output layer over a
+# dense hidden layer). The layer's weight gradient is never materialised: each row's gradient is
+# summed into a thread-local buffer and applied while it is still in L1, and the row's bias is
+# updated in the same pass. Against computing a compact (n_touched, d) gradient and then
+# updating (two passes over ~64 MB at the Amazon-670K shape), this saves the gradient's write
+# and read-back and one pass of scattered row misses.
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FF_OPTIM_PREFETCH_W(p) __builtin_prefetch((const void*) (p), 1, 3)
+    #else
+    #define FF_OPTIM_PREFETCH_W(p) ((void) 0)
+    #endif
+    """
+    void FF_OPTIM_PREFETCH_W(const void* p) noexcept nogil
+
+#: Touched rows ahead of the current one whose parameter and state rows are prefetched (the
+#: rows are scattered over the layer, so each starts with cache misses otherwise).
+cdef enum:
+    _ROWS_AHEAD = 2
+
+
+cdef inline void _prefetch_rows_w(float* a, float* b, float* c, Py_ssize_t d) noexcept nogil:
+    """Hint the cache lines of three rows of ``d`` floats for writing (64-byte lines)."""
+    cdef Py_ssize_t j
+    for j in range(0, d, 16):
+        FF_OPTIM_PREFETCH_W(a + j)
+        FF_OPTIM_PREFETCH_W(b + j)
+        FF_OPTIM_PREFETCH_W(c + j)
+
+
+cdef inline int _row_gradient(const float* X, Py_ssize_t n, Py_ssize_t d,
+                              const float* delta, Py_ssize_t nnz,
+                              const int64_t* t_entries, const int32_t* entry_sample,
+                              int64_t q0, int64_t q1, float scale,
+                              float* g, float* b) noexcept nogil:
+    """``g = scale * sum delta[e] * X[entry_sample[e]]`` and ``b = scale * sum delta[e]`` over
+    the entries ``e = t_entries[q0:q1]``, summed in that order with the arithmetic of
+    ``_active.grad_rows_dense`` (same bits). Returns 1, leaving ``g``/``b`` partial, when an
+    entry or its sample is out of range."""
+    cdef int64_t q, e
+    cdef int32_t i
+    cdef float acc = 0.0
+    if d:
+        memset(g, 0, d * sizeof(float))
+    for q in range(q0, q1):
+        e = t_entries[q]
+        if e < 0 or e >= nnz:
+            return 1
+        i = entry_sample[e]
+        if i < 0 or i >= n:
+            return 1
+        acc = acc + scale * delta[e]
+        if d and delta[e] != 0:
+            ff_vec_axpy(d, scale * delta[e], X + i * d, g)
+    b[0] = acc
+    return 0
+
+
+def _check_fused_rows(name, Py_ssize_t n_rows, Py_ssize_t d, param, states, bias, bias_states,
+                      Py_ssize_t nt, X, delta, t_indptr, t_entries, entry_sample):
+    """Shapes shared by the fused row steps (the entries themselves are checked in the pass)."""
+    for key, arr in states.items():
+        if arr.shape[0] != n_rows or arr.shape[1] != d:
+            raise ValueError(f"{name}: {key} {tuple(arr.shape[:2])} differs from param {(n_rows, d)}.")
+    for key, arr in dict(bias=bias, **bias_states).items():
+        if arr.shape[0] != n_rows:
+            raise ValueError(f"{name}: {key} has {arr.shape[0]} entries, param {n_rows} rows.")
+    if X.shape[1] != d:
+        raise ValueError(f"{name}: X has {X.shape[1]} columns, param {d}.")
+    if t_indptr.shape[0] < nt + 1:
+        raise ValueError(f"{name}: t_indptr has {t_indptr.shape[0]} entries, needs len(rows) + 1 = {nt + 1}.")
+    if entry_sample.shape[0] != delta.shape[0]:
+        raise ValueError(f"{name}: entry_sample has {entry_sample.shape[0]} entries, delta {delta.shape[0]}.")
+
+
+def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neuron-major weights
+                        float[:, ::1] m,               # IN/OUT (n_rows, d)
+                        float[:, ::1] v,               # IN/OUT (n_rows, d)
+                        int64_t[::1] t,                # IN/OUT (n_rows,) per-row step counters
+                        float[::1] bias,               # IN/OUT (n_rows,)
+                        float[::1] bias_m,             # IN/OUT (n_rows,)
+                        float[::1] bias_v,             # IN/OUT (n_rows,)
+                        int64_t[::1] bias_t,           # IN/OUT (n_rows,)
+                        const index_t[::1] rows,       # IN (n_touched,) unique row ids
+                        const float[:, ::1] X,         # IN (n, d) the layer's input batch
+                        const float[::1] delta,        # IN (nnz,) dLoss/d(output) per active entry
+                        const int64_t[::1] t_indptr,   # IN (>= n_touched + 1,)
+                        const int64_t[::1] t_entries,  # IN entries grouped by row slot
+                        const int32_t[::1] entry_sample,  # IN (nnz,) sample of each entry
+                        float scale,
+                        double lr, double beta_1, double beta_2, double epsilon, double l2,
+                        double bias_l2, int n_threads=1, const float[::1] step_sizes=None):
+    """Lazy Adam on the rows of an active-set layer, each row's gradient computed in the pass.
+
+    For every slot ``s``, the gradient of row ``r = rows[s]`` is
+    ``scale * sum_e delta[e] * X[entry_sample[e]]`` and that of its bias
+    ``scale * sum_e delta[e]``, over the entries ``e = t_entries[t_indptr[s]:t_indptr[s + 1]]``
+    in that order (the layout of ``_active.touched_rows``; the sums of
+    ``_active.grad_rows_dense``). Row ``r`` of ``param`` and entry ``r`` of ``bias`` then take
+    :func:`adam_step_rows`' step with their own counters (``l2`` and ``bias_l2``). The result
+    has the same bits as ``grad_rows_dense`` followed by ``adam_step_rows`` on the weights and
+    on the biases (as ``(n_rows, 1)``), for every thread count.
+
+    Parameters
+    ----------
+    param, m, v : ndarray of shape (n_rows, d), float32
+        Weights (one row per neuron) and Adam's moments, updated in place on the listed rows.
+    t : ndarray of shape (n_rows,), int64
+        The weights' per-row step counters.
+    bias, bias_m, bias_v : ndarray of shape (n_rows,), float32
+        Biases and their moments.
+    bias_t : ndarray of shape (n_rows,), int64
+        The biases' step counters.
+    rows : ndarray of shape (n_touched,), int32
+        Row ids, UNIQUE (duplicates would race; not checked) and in ``[0, n_rows)``.
+    X : ndarray of shape (n, d), float32
+        The layer's input batch.
+    delta : ndarray of shape (nnz,), float32
+        Gradient of the loss with respect to each active entry's output.
+    t_indptr, t_entries, entry_sample : ndarray
+        The active entries grouped by row slot and the sample of each entry
+        (``_active.touched_rows``).
+    scale : float
+        Factor of the gradient (``1 / n`` for a mean loss).
+    lr, beta_1, beta_2, epsilon : float
+        Adam's constants (``lr`` without bias correction).
+    l2, bias_l2 : float
+        L2 penalty of the weights and of the biases.
+    n_threads : int, default=1
+        OpenMP threads (over the rows, dynamic schedule).
+    step_sizes : ndarray of float32, optional
+        :func:`adam_step_size_table` for ``lr``, ``beta_1``, ``beta_2``.
+
+    Returns
+    -------
+    squared_norm, bias_squared_norm : float
+        Sums of the squared weights and biases of the listed rows before the update.
+    """
+    cdef Py_ssize_t n_rows = param.shape[0], d = param.shape[1], nt = rows.shape[0]
+    cdef Py_ssize_t n = X.shape[0], nnz = delta.shape[0], n_entries = t_entries.shape[0]
+    _check_fused_rows("adam_step_grad_rows", n_rows, d, param, {"m": m, "v": v}, bias,
+                      {"t": t, "bias_m": bias_m, "bias_v": bias_v, "bias_t": bias_t}, nt, X,
+                      delta, t_indptr, t_entries, entry_sample)
+    n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
+    if nt == 0:
+        return 0.0, 0.0
+    cdef float b1 = <float> beta_1, b2 = <float> beta_2
+    cdef float one_b1 = <float> (1.0 - beta_1), one_b2 = <float> (1.0 - beta_2)
+    cdef float eps = <float> epsilon, l2_f = <float> l2, bias_l2_f = <float> bias_l2
+    cdef Py_ssize_t n_sizes = step_sizes.shape[0] if step_sizes is not None else 0
+    cdef const float* sizes = &step_sizes[0] if n_sizes > 0 else NULL
+    cdef double[::1] row_sums = np.zeros(nt)
+    cdef double[::1] bias_sums = np.zeros(nt)
+    cdef const float* x0 = &X[0, 0] if n * d > 0 else NULL
+    cdef Py_ssize_t s
+    cdef index_t r, ra
+    cdef int64_t tr, q0, q1
+    cdef float lr_r, gb
+    cdef float* g
+    cdef int bad_rows = 0, bad_entries = 0
+    with nogil, parallel(num_threads=n_threads):
+        g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
+        for s in prange(nt, schedule="dynamic", chunksize=16):
+            if s + _ROWS_AHEAD < nt:
+                ra = rows[s + _ROWS_AHEAD]
+                if 0 <= ra < n_rows:
+                    _prefetch_rows_w(&param[ra, 0], &m[ra, 0], &v[ra, 0], d)
+                    _prefetch_rows_w(&bias[ra], &bias_m[ra], &bias_v[ra], 1)
+                    FF_OPTIM_PREFETCH_W(&t[ra])
+                    FF_OPTIM_PREFETCH_W(&bias_t[ra])
+            r = rows[s]
+            q0 = t_indptr[s]
+            q1 = t_indptr[s + 1]
+            if r < 0 or r >= n_rows:
+                bad_rows += 1
+                continue
+            gb = 0.0
+            if q0 < 0 or q1 < q0 or q1 > n_entries or _row_gradient(
+                    x0, n, d, &delta[0] if nnz else NULL, nnz, &t_entries[0] if n_entries else NULL,
+                    &entry_sample[0] if nnz else NULL, q0, q1, scale, g, &gb):
+                bad_entries += 1
+                continue
+            tr = t[r] + 1
+            t[r] = tr
+            lr_r = sizes[tr] if tr < n_sizes else _lazy_step_size(lr, beta_1, beta_2, tr)
+            if d:
+                row_sums[s] = ff_adam_update(&param[r, 0], g, &m[r, 0], &v[r, 0], d, lr_r, b1,
+                                             b2, one_b1, one_b2, eps, l2_f)
+            tr = bias_t[r] + 1
+            bias_t[r] = tr
+            lr_r = sizes[tr] if tr < n_sizes else _lazy_step_size(lr, beta_1, beta_2, tr)
+            bias_sums[s] = ff_adam_update(&bias[r], &gb, &bias_m[r], &bias_v[r], 1, lr_r, b1,
+                                          b2, one_b1, one_b2, eps, bias_l2_f)
+        free(g)
+    if bad_rows:
+        raise ValueError(f"adam_step_grad_rows: {bad_rows} row ids outside [0, {n_rows}) were skipped.")
+    if bad_entries:
+        raise ValueError(f"adam_step_grad_rows: {bad_entries} rows with entries outside the batch "
+                         "(t_indptr / t_entries / entry_sample) were skipped.")
+    return _ordered_sum(row_sums), _ordered_sum(bias_sums)
+
+
+def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neuron-major weights
+                       float[:, ::1] velocity,         # IN/OUT (n_rows, d)
+                       float[::1] bias,                # IN/OUT (n_rows,)
+                       float[::1] bias_velocity,       # IN/OUT (n_rows,)
+                       const index_t[::1] rows,        # IN (n_touched,) unique row ids
+                       const float[:, ::1] X,          # IN (n, d)
+                       const float[::1] delta,         # IN (nnz,)
+                       const int64_t[::1] t_indptr,    # IN (>= n_touched + 1,)
+                       const int64_t[::1] t_entries,   # IN
+                       const int32_t[::1] entry_sample,  # IN (nnz,)
+                       float scale, double lr, double momentum, bint nesterov, double l2,
+                       double bias_l2, int n_threads=1):
+    """Lazy SGD (momentum / Nesterov) on the rows of an active-set layer, each row's gradient
+    computed in the pass: as :func:`adam_step_grad_rows`, with :func:`sgd_step_rows`' update
+    (the same bits as ``grad_rows_dense`` followed by ``sgd_step_rows`` on the weights and on
+    the biases).
+
+    Parameters
+    ----------
+    param, velocity : ndarray of shape (n_rows, d), float32
+        Weights and their momentum buffer.
+    bias, bias_velocity : ndarray of shape (n_rows,), float32
+        Biases and their momentum buffer.
+    rows, X, delta, t_indptr, t_entries, entry_sample, scale :
+        As :func:`adam_step_grad_rows`.
+    lr, momentum : float
+        Learning rate and momentum.
+    nesterov : bool
+        Use Nesterov's momentum.
+    l2, bias_l2 : float
+        L2 penalty of the weights and of the biases.
+    n_threads : int, default=1
+        OpenMP threads.
+
+    Returns
+    -------
+    squared_norm, bias_squared_norm : float
+        Sums of the squared weights and biases of the listed rows before the update.
+    """
+    cdef Py_ssize_t n_rows = param.shape[0], d = param.shape[1], nt = rows.shape[0]
+    cdef Py_ssize_t n = X.shape[0], nnz = delta.shape[0], n_entries = t_entries.shape[0]
+    _check_fused_rows("sgd_step_grad_rows", n_rows, d, param, {"velocity": velocity}, bias,
+                      {"bias_velocity": bias_velocity}, nt, X, delta, t_indptr, t_entries,
+                      entry_sample)
+    n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
+    if nt == 0:
+        return 0.0, 0.0
+    cdef float lr_f = <float> lr, mom = <float> momentum
+    cdef float l2_f = <float> l2, bias_l2_f = <float> bias_l2
+    cdef double[::1] row_sums = np.zeros(nt)
+    cdef double[::1] bias_sums = np.zeros(nt)
+    cdef const float* x0 = &X[0, 0] if n * d > 0 else NULL
+    cdef Py_ssize_t s
+    cdef index_t r, ra
+    cdef int64_t q0, q1
+    cdef float gb
+    cdef float* g
+    cdef int bad_rows = 0, bad_entries = 0
+    with nogil, parallel(num_threads=n_threads):
+        g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
+        for s in prange(nt, schedule="dynamic", chunksize=16):
+            if s + _ROWS_AHEAD < nt:
+                ra = rows[s + _ROWS_AHEAD]
+                if 0 <= ra < n_rows:
+                    _prefetch_rows_w(&param[ra, 0], &velocity[ra, 0], &velocity[ra, 0], d)
+                    FF_OPTIM_PREFETCH_W(&bias[ra])
+                    FF_OPTIM_PREFETCH_W(&bias_velocity[ra])
+            r = rows[s]
+            q0 = t_indptr[s]
+            q1 = t_indptr[s + 1]
+            if r < 0 or r >= n_rows:
+                bad_rows += 1
+                continue
+            gb = 0.0
+            if q0 < 0 or q1 < q0 or q1 > n_entries or _row_gradient(
+                    x0, n, d, &delta[0] if nnz else NULL, nnz, &t_entries[0] if n_entries else NULL,
+                    &entry_sample[0] if nnz else NULL, q0, q1, scale, g, &gb):
+                bad_entries += 1
+                continue
+            if d:
+                row_sums[s] = _sgd_update(&param[r, 0], g, &velocity[r, 0], d, lr_f, mom,
+                                          nesterov, l2_f)
+            bias_sums[s] = _sgd_update(&bias[r], &gb, &bias_velocity[r], 1, lr_f, mom, nesterov,
+                                       bias_l2_f)
+        free(g)
+    if bad_rows:
+        raise ValueError(f"sgd_step_grad_rows: {bad_rows} row ids outside [0, {n_rows}) were skipped.")
+    if bad_entries:
+        raise ValueError(f"sgd_step_grad_rows: {bad_entries} rows with entries outside the batch "
+                         "(t_indptr / t_entries / entry_sample) were skipped.")
+    return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 
 
 def sgd_step_rows(float[:, ::1] param,           # IN/OUT (n_rows, p)

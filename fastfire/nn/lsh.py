@@ -45,7 +45,7 @@ from fastfire._core._dense import ACTIVATIONS, gemm, take_rows
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.layers import DenseLayer
 from fastfire.nn.losses import SparseLogisticCrossEntropy, SparseSoftmaxCrossEntropy
-from fastfire.nn.optimizers import RowGrad
+from fastfire.nn.optimizers import BatchRowGrad, RowGrad
 from fastfire.nn.selectors import Selector, register_selector
 
 __all__ = ["LSH", "LSHLayer", "SparseInput", "SparseInputLayer"]
@@ -208,8 +208,10 @@ class LSH(Selector):
         HOGWILD, lets threads add into shared gradient rows without synchronisation where
         that is faster: for a CSR (first-layer) input; NOT deterministic with more than one
         thread there. With a dense input (the usual output layer over a hidden layer) both
-        modes sum each gradient row on one thread, which measured faster than HOGWILD
-        (bench/RESULTS-lsh.md, "backward"), so the result is deterministic either way.
+        modes sum each weight-gradient row on one thread, which measured faster than HOGWILD
+        (bench/RESULTS-lsh.md, "backward"); the default then sums the gradient passed to the
+        layer below row by row into per-thread accumulators (each weight row read once), which
+        gives the same bits for a given thread count but not across thread counts.
     random_state : int or None, default=None
         Seed of the hash functions, of the random fill and of reservoir sampling. None: a seed
         drawn from the estimator's ``random_state``.
@@ -396,6 +398,7 @@ class LSHLayer:
         self._inputs = None
         self._active = None
         self._delta = None
+        self._touched = None
         self.n_forced = None
         self._mark = np.full(self.n_out, -1, dtype=np.int32)
         self._tables = None
@@ -577,7 +580,9 @@ class LSHLayer:
         Every table holds every neuron, or (:meth:`table_fraction` below one) each holds one of
         ``G`` random disjoint groups of them (:meth:`_table_groups`), drawn from (seed, hash
         draw, ``draw``); ``draw`` defaults to the number of rebuilds so far, and the tables are
-        a pure function of (seed, weights, draw).
+        a pure function of (seed, weights, draw). The previous tables' arrays are rewritten in
+        place when their shapes allow (``tables`` and ``table_buckets`` taken before a rebuild
+        then show the new tables).
         """
         n_threads = self.n_threads if n_threads is None else n_threads
         sel = self.selector
@@ -590,7 +595,9 @@ class LSHLayer:
             groups, tables = split
             parts = list(zip(groups, tables))
             m = groups.shape[1]
-        buckets = np.empty((sel.l, m), dtype=np.int32)         # table-major
+        # The previous tables' arrays are rewritten in place when the shapes allow: fresh
+        # ones cost ~170 MB of page faults per rebuild at 670K neurons.
+        buckets = self._reused("table_buckets", (sel.l, m), np.int32)   # table-major
         with _single_threaded_blas():
             for neurons, tabs in parts:
                 for start in range(0, m, _HASH_CHUNK_ROWS):   # bounded projection buffer
@@ -608,14 +615,24 @@ class LSHLayer:
                 groups[np.arange(sel.l) % groups.shape[0]])     # (L, m): the ids of each table
         self.table_buckets = buckets
         self.table_draw = draw
-        offsets = np.empty((sel.l, self.n_buckets + 1), dtype=np.int32)
-        ids = np.empty((sel.l, self.n_out), dtype=np.int32)
+        old = self._tables if self._tables is not None else (None, None)
+        offsets = self._reused(old[0], (sel.l, self.n_buckets + 1), np.int32)
+        ids = self._reused(old[1], (sel.l, self.n_out), np.int32)
         self.dropped = _lsh.build_tables(buckets, self.n_buckets, sel.capacity,
                                          _BUCKET_POLICIES[sel.bucket_policy],
                                          self.family["seed"], offsets, ids, self.table_neurons,
                                          n_threads)
         self._tables = (offsets, ids)
         self.n_rebuilds = getattr(self, "n_rebuilds", 0) + 1
+
+    def _reused(self, array, shape, dtype):
+        """``array`` (or the attribute of that name) when it has this shape and dtype, else a new
+        empty array."""
+        if isinstance(array, str):
+            array = getattr(self, array, None)
+        if array is not None and array.shape == shape and array.dtype == dtype:
+            return array
+        return np.empty(shape, dtype=dtype)
 
     def _hash_table_major(self, rows, out, col0, tables, n_threads):
         """Buckets of dense ``rows`` in ``tables`` (None: all) written to
@@ -734,14 +751,29 @@ class LSHLayer:
         counts = np.empty(n, dtype=np.int32)
         n_forced = np.empty(n, dtype=np.int32)
         padded = np.empty((n, cap), dtype=np.int32)
+        scratch, stamp = self._query_scratch(n, n_threads)
         _lsh.query(qb, offsets, ids, _POLICIES[sel.policy], budget, sel.threshold, l_indptr,
                    l_idx, min_active, self.n_out, sel.capacity, self.family["seed"],
-                   self.step if step is None else step, counts, n_forced, padded, n_threads)
+                   self.step if step is None else step, counts, n_forced, padded, n_threads,
+                   scratch, stamp)
         indptr = np.empty(n + 1, dtype=np.int64)
         indices = np.empty(int(counts.sum()), dtype=np.int32)
         _lsh.compact(counts, padded, indptr, indices, n_threads)
         self.n_forced = n_forced
         return ActiveSet(np.empty(0, dtype=np.float32), self.n_out, indptr=indptr, indices=indices)
+
+    def _query_scratch(self, n, n_threads):
+        """The per-thread marks kept between queries and the first stamp for ``n`` samples
+        (``_lsh.query``'s ``scratch``/``stamp``): cleared only when created or when the stamps
+        would pass ``2**31 - 1``."""
+        scratch = self._buffers.get("query_scratch")
+        stamp = self._buffers.get("query_stamp", 0)
+        if scratch is None or scratch.shape[0] < n_threads or stamp + n > 2**31 - 1:
+            scratch = np.full((n_threads, 2 * self.n_out), -1, dtype=np.int32)
+            stamp = 0
+            self._buffers["query_scratch"] = scratch
+        self._buffers["query_stamp"] = stamp + n
+        return scratch, stamp
 
     # ---------------------------------------------------------------- forward / backward
     def forward(self, inputs, n_threads, training=False):
@@ -765,13 +797,39 @@ class LSHLayer:
             self._inputs = inputs if training else None
             self._active = None
             return ActiveSet.from_dense(out)
-        out = self.forward_active(inputs, active, n_threads)
+        self._touched = None
+        if training and inputs.is_dense:
+            # the batch's touched rows serve both passes: the forward reads each weight row once
+            # for all its entries, the backward sums each gradient row from them
+            self._touched = self._touched_rows(active)
+            nt, rows, _, t_indptr, t_entries, entry_sample = self._touched
+            values = np.empty(active.indices.shape[0], dtype=np.float32)
+            _active.active_forward_rows_dense(inputs.values, self.Wt, self.intercept, rows[:nt],
+                                              t_indptr, t_entries, entry_sample, values,
+                                              self._act_code, n_threads)
+            out = ActiveSet(values, self.n_out, indptr=active.indptr, indices=active.indices)
+        else:
+            out = self.forward_active(inputs, active, n_threads)
         if training:
             self._inputs = inputs
             self.step += 1
             self.last_batch_size = n
         self._active = active
         return out
+
+    def _touched_rows(self, active):
+        """``_active.touched_rows`` of an active set on the layer's buffers: ``(n_touched, rows,
+        slot, t_indptr, t_entries, entry_sample)``."""
+        nnz = active.indices.shape[0]
+        m = min(nnz, self.n_out)
+        rows = self._buffer("rows", (m,), np.int32)
+        slot = self._buffer("slot", (nnz,), np.int32)
+        t_indptr = self._buffer("t_indptr", (m + 1,), np.int64)
+        t_entries = self._buffer("t_entries", (nnz,), np.int64)
+        entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
+        nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
+                                  t_indptr, t_entries, entry_sample)
+        return nt, rows, slot, t_indptr, t_entries, entry_sample
 
     def forward_active(self, inputs, active, n_threads):
         """Outputs of the neurons of a given active set (no training state kept)."""
@@ -800,7 +858,8 @@ class LSHLayer:
 
     def backward(self, delta, n_threads, need_input_grad=True):
         """Row-sparse gradients of the mean loss (``coef_grad``/``intercept_grad`` become
-        :class:`RowGrad`) and, when asked, dLoss/d(inputs) as a dense ``(n, n_in)`` array.
+        :class:`RowGrad`; for a dense input a :class:`BatchRowGrad`, computed by the optimizer in
+        its update pass) and, when asked, dLoss/d(inputs) as a dense ``(n, n_in)`` array.
 
         ``delta`` is the flat per-entry gradient of the active set (from a sparse loss), or the
         dense array the network passes after :meth:`activation_backward` (then the gathered
@@ -812,41 +871,42 @@ class LSHLayer:
         if delta.ndim == 2:
             delta = self._delta
         n = inputs.n_samples
-        nnz = active.indices.shape[0]
-        m = min(nnz, self.n_out)
-        rows = self._buffer("rows", (m,), np.int32)
-        slot = self._buffer("slot", (nnz,), np.int32)
-        t_indptr = self._buffer("t_indptr", (m + 1,), np.int64)
-        t_entries = self._buffer("t_entries", (nnz,), np.int64)
-        entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
-        nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
-                                  t_indptr, t_entries, entry_sample)
-        grad = self._buffer("grad", (nt, self.n_in), np.float32)
-        bias_grad = self._buffer("bias_grad", (nt,), np.float32)
+        touched = getattr(self, "_touched", None) or self._touched_rows(active)
+        nt, rows, slot, t_indptr, t_entries, entry_sample = touched
         hogwild = not self.selector.deterministic
         if inputs.is_dense:
-            # Dense inputs (an output layer over a hidden layer): the weight gradient is summed
-            # row by row, parallel over the touched rows (no two threads write one row), in
-            # both modes. SLIDE's fused HOGWILD pass (samples in parallel,
-            # adding into shared rows; removed) was slower on the 20K-label bench
-            # (bench/RESULTS-lsh.md, "backward"): the rows a sample scatters into miss the
-            # cache and two threads contend for the same rows, while here the batch's
-            # inputs stay in cache and each gradient row is written once.
-            _active.grad_rows_dense(inputs.values, delta, active.indptr, slot, t_indptr,
-                                    t_entries, entry_sample, grad, bias_grad, 1.0 / n,
-                                    False, n_threads)
+            # Dense inputs (an output layer over a hidden layer): each gradient row is summed on
+            # one thread, parallel over the touched rows, in both modes, and only when the
+            # optimizer updates that row (BatchRowGrad: the row is applied while in cache, the
+            # bias in the same pass; the input gradient below reads the weights before that
+            # update). SLIDE's fused HOGWILD pass (samples in parallel, adding into shared rows;
+            # removed) was slower on the 20K-label bench (bench/RESULTS-lsh.md, "backward"): the
+            # rows a sample scatters into miss the cache and two threads contend for them.
+            self.coef_grad = BatchRowGrad(rows[:nt], inputs.values, delta, active.indptr, slot,
+                                          t_indptr[:nt + 1], t_entries, entry_sample, 1.0 / n,
+                                          n_threads)
+            self.intercept_grad = self.coef_grad.bias_grad
         else:
+            grad = self._buffer("grad", (nt, self.n_in), np.float32)
+            bias_grad = self._buffer("bias_grad", (nt,), np.float32)
             _active.grad_rows_csr(inputs.indptr, inputs.indices, inputs.values, delta,
                                   active.indptr, slot, t_indptr, t_entries, entry_sample, grad,
                                   bias_grad, 1.0 / n, hogwild, n_threads)
-        rows = rows[:nt]
-        self.coef_grad = RowGrad(rows, grad, "T")
-        self.intercept_grad = RowGrad(rows, bias_grad.reshape(-1, 1), "col")
+            self.coef_grad = RowGrad(rows[:nt], grad, "T")
+            self.intercept_grad = RowGrad(rows[:nt], bias_grad.reshape(-1, 1), "col")
         if not need_input_grad:
             return None
         input_grad = self._buffer("input_grad", (n, self.n_in), np.float32)
-        _active.active_input_grad(delta, active.indptr, active.indices, self.Wt, input_grad,
-                                  n_threads)
+        if hogwild and inputs.is_dense:
+            # row by row, each weight row read once for all its entries, into per-thread
+            # accumulators: the same result for a given thread count, not across counts
+            partial = self._buffer("input_grad_partial", (max(n_threads - 1, 1), n, self.n_in),
+                                   np.float32)
+            _active.active_input_grad_rows(delta, self.Wt, rows[:nt], t_indptr, t_entries,
+                                           entry_sample, input_grad, partial, n_threads)
+        else:
+            _active.active_input_grad(delta, active.indptr, active.indices, self.Wt, input_grad,
+                                      n_threads)
         return input_grad
 
     def release_buffers(self):
@@ -854,11 +914,12 @@ class LSHLayer:
         self._inputs = None
         self._active = None
         self._delta = None
+        self._touched = None
         self._tables = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("Wt", "_inputs", "_active", "_delta", "_tables", "table_buckets",
+        for key in ("Wt", "_inputs", "_active", "_delta", "_touched", "_tables", "table_buckets",
                     "table_neurons", "_buffers",
                     "coef_grad", "intercept_grad", "_mark", "n_forced", "_targets"):
             state.pop(key, None)
@@ -927,7 +988,7 @@ class SparseInputLayer(DenseLayer):
         mark = self.__dict__.get("_mark")
         if mark is None or mark.shape[0] != self.n_in:
             mark = self.__dict__["_mark"] = np.full(self.n_in, -1, dtype=np.int32)
-        # the batch's distinct features (first-appearance order) and their entries, by feature
+        # the batch's distinct features (increasing ids) and their entries, by feature
         rows = np.empty(m, dtype=np.int32)
         slot = np.empty(nnz, dtype=np.int32)
         t_indptr = np.empty(m + 1, dtype=np.int64)

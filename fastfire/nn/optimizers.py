@@ -8,17 +8,25 @@ a :class:`RowGrad`; those parameters are updated lazily, row by row (``adam_step
 per-row step counters and exact bias correction, ``sgd_step_rows``): rows without gradient,
 and their optimizer state, are not touched, so a step costs O(touched rows), never a pass over
 all weights.
+
+An active-set layer over a dense input (the LSH output layer) reports a :class:`BatchRowGrad`
+instead: the recipe of its row gradients, which the optimizer computes row by row in the
+update's own pass, the row's bias included (``adam_step_grad_rows``, ``sgd_step_grad_rows``),
+so the gradient is never written out. Reading ``values`` materialises it (the same bits).
 """
 
 import numpy as np
 
+from fastfire._core._active import grad_rows_dense
 from fastfire._core._optim import (
     adam_step,
+    adam_step_grad_rows,
     adam_step_outer,
     adam_step_rows,
     adam_step_size_table,
     outer_product,
     sgd_step,
+    sgd_step_grad_rows,
     sgd_step_rows,
 )
 
@@ -62,6 +70,104 @@ class RowGrad:
         return out
 
 
+class BatchRowGrad(RowGrad):
+    """Gradient of some rows of a neuron-major weight matrix (layout ``"T"``) and of the matching
+    biases, described by the layer's batch rather than computed.
+
+    Row ``s`` of the gradient (row ``rows[s]`` of ``param.T``) is
+    ``scale * sum_e delta[e] * X[entry_sample[e]]`` over the active entries
+    ``e = t_entries[t_indptr[s]:t_indptr[s + 1]]`` (the layout of ``_active.touched_rows``); the
+    bias gradient is ``scale * sum_e delta[e]`` (:attr:`bias_grad`, a :class:`RowGrad` of
+    layout ``"col"``). :class:`Adam` and :class:`SGD` compute each row in the pass that updates
+    it; ``values`` computes them all (``_active.grad_rows_dense``), for any other reader.
+
+    Parameters
+    ----------
+    rows : ndarray of int32
+        Distinct row ids.
+    X : ndarray of shape (n, d), float32
+        The layer's input batch.
+    delta : ndarray of shape (nnz,), float32
+        Gradient of the loss with respect to each active entry.
+    indptr : ndarray of int64
+        The active set's row offsets (``n + 1``).
+    slot, t_indptr, t_entries, entry_sample : ndarray
+        From ``_active.touched_rows``.
+    scale : float
+        Factor of the gradient (``1 / n``).
+    n_threads : int
+        Threads used to materialise ``values``.
+    """
+
+    __slots__ = ("X", "delta", "indptr", "slot", "t_indptr", "t_entries", "entry_sample",
+                 "scale", "n_threads", "bias_grad", "_computed")
+
+    def __init__(self, rows, X, delta, indptr, slot, t_indptr, t_entries, entry_sample, scale,
+                 n_threads):
+        self.rows = rows
+        self.layout = "T"
+        self.X, self.delta, self.indptr, self.slot = X, delta, indptr, slot
+        self.t_indptr, self.t_entries, self.entry_sample = t_indptr, t_entries, entry_sample
+        self.scale = scale
+        self.n_threads = n_threads
+        self._computed = None
+        self.bias_grad = _BatchBiasGrad(self)
+
+    @property
+    def pending(self):
+        """True until ``values`` has been read (an optimizer may then fuse the computation)."""
+        return self._computed is None
+
+    def _compute(self):
+        if self._computed is None:
+            nt = self.rows.shape[0]
+            grad = np.empty((nt, self.X.shape[1]), dtype=np.float32)
+            bias_grad = np.empty(nt, dtype=np.float32)
+            grad_rows_dense(self.X, self.delta, self.indptr, self.slot, self.t_indptr,
+                            self.t_entries, self.entry_sample, grad, bias_grad, self.scale,
+                            False, self.n_threads)
+            self._computed = (grad, bias_grad.reshape(-1, 1))
+        return self._computed
+
+    @property
+    def values(self):
+        """The ``(len(rows), d)`` gradient rows (computed on first access)."""
+        return self._compute()[0]
+
+    def fused_args(self):
+        """The batch arguments of ``adam_step_grad_rows`` / ``sgd_step_grad_rows``."""
+        return (self.rows, self.X, self.delta, self.t_indptr, self.t_entries, self.entry_sample,
+                self.scale)
+
+
+class _BatchBiasGrad(RowGrad):
+    """The bias part of a :class:`BatchRowGrad` (layout ``"col"``)."""
+
+    __slots__ = ("weights",)
+
+    def __init__(self, weights):
+        self.rows = weights.rows
+        self.layout = "col"
+        self.weights = weights
+
+    @property
+    def values(self):
+        """The ``(len(rows), 1)`` bias gradient (computed on first access)."""
+        return self.weights._compute()[1]
+
+
+def _fused_bias_index(grads, i):
+    """Index in ``grads`` of the bias part of ``grads[i]`` when it is a pending
+    :class:`BatchRowGrad` whose bias is stepped too, else None."""
+    g = grads[i]
+    if not isinstance(g, BatchRowGrad) or not g.pending:
+        return None
+    for j, other in enumerate(grads):
+        if other is g.bias_grad:
+            return j
+    return None
+
+
 class Adam:
     """Adam (Kingma & Ba) with scikit-learn's bias-corrected step size.
 
@@ -97,12 +203,25 @@ class Adam:
             / (1 - self.beta_1**self.t)
         )
         squared_norm = 0.0
+        if not hasattr(self, "row_ts"):
+            self.row_ts = [None] * len(params)
+        fused = set()                     # biases already stepped with their weight rows
         for i, (p, g, m, v, l2) in enumerate(zip(params, grads, self.ms, self.vs, l2s)):
-            if isinstance(g, RowGrad):
-                if not hasattr(self, "row_ts"):
-                    self.row_ts = [None] * len(params)
-                if self.row_ts[i] is None:
-                    self.row_ts[i] = np.zeros(g.view(p).shape[0], dtype=np.int64)
+            if i in fused:
+                continue
+            j = _fused_bias_index(grads, i)
+            if j is not None:
+                norm, bias_norm = adam_step_grad_rows(
+                    g.view(p), g.view(m), g.view(v), self._row_counts(i, g.view(p)),
+                    params[j], self.ms[j], self.vs[j], self._row_counts(j, params[j]),
+                    *g.fused_args(), self.learning_rate_init, self.beta_1, self.beta_2,
+                    self.epsilon, l2, l2s[j], n_threads, self._step_sizes(),
+                )
+                fused.add(j)
+                if l2s[j] > 0:
+                    squared_norm += bias_norm
+            elif isinstance(g, RowGrad):
+                self._row_counts(i, g.view(p))
                 norm = adam_step_rows(
                     g.view(p), g.values, g.rows, g.view(m), g.view(v), self.row_ts[i],
                     self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon, l2, n_threads,
@@ -117,6 +236,12 @@ class Adam:
             if l2 > 0:
                 squared_norm += norm
         return squared_norm
+
+    def _row_counts(self, i, rows_view):
+        """Per-row step counters of parameter ``i`` (created at the first row-wise step)."""
+        if self.row_ts[i] is None:
+            self.row_ts[i] = np.zeros(rows_view.shape[0], dtype=np.int64)
+        return self.row_ts[i]
 
     def _step_sizes(self):
         """Lazy Adam's step sizes by row count, covering counts up to ``self.t`` (no row has
@@ -167,8 +292,20 @@ class SGD:
         Returns the squared norm of the penalised arrays before the update, as :meth:`Adam.step`.
         """
         squared_norm = 0.0
-        for p, g, vel, l2 in zip(params, grads, self.velocities, l2s):
-            if isinstance(g, RowGrad):
+        fused = set()                     # biases already stepped with their weight rows
+        for i, (p, g, vel, l2) in enumerate(zip(params, grads, self.velocities, l2s)):
+            if i in fused:
+                continue
+            j = _fused_bias_index(grads, i)
+            if j is not None:
+                norm, bias_norm = sgd_step_grad_rows(
+                    g.view(p), g.view(vel), params[j], self.velocities[j], *g.fused_args(),
+                    self.learning_rate, self.momentum, self.nesterov, l2, l2s[j], n_threads,
+                )
+                fused.add(j)
+                if l2s[j] > 0:
+                    squared_norm += bias_norm
+            elif isinstance(g, RowGrad):
                 norm = sgd_step_rows(g.view(p), g.values, g.rows, g.view(vel), self.learning_rate,
                                      self.momentum, self.nesterov, l2, n_threads)
             else:

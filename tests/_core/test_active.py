@@ -245,3 +245,110 @@ def test_csr_rows_grad_equals_numpy_on_the_batch_features(n_threads):
     with pytest.raises(ValueError, match="columns"):
         _active.csr_rows_grad(X.data, np.ascontiguousarray(delta[:, :3]), t_indptr, t_entries,
                               sample, grad, 1.0)
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 31, 32, 45, 128])
+def test_row_kernels_at_every_vector_width(d):
+    # the inline dot / axpy have 32-, 16-, 8-wide blocks and a scalar tail: cover each mix
+    rng = np.random.default_rng(d)
+    n, m = 5, 20
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    Wt = rng.standard_normal((m, d)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    indptr, idx = _active_set(rng, n, m, 8)
+    out = np.empty(idx.size, np.float32)
+    _active.active_forward_dense(X, Wt, b, indptr, idx, out, 0, 2)
+    rows, cols = _mask(indptr, idx, n, m)
+    ref = (X.astype(np.float64) @ Wt.T.astype(np.float64) + b)[rows, cols]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    delta = rng.standard_normal(idx.size).astype(np.float32)
+    ref_gW, ref_gb, ref_gx = _ref_backward(X, Wt, indptr, idx, delta)
+    touched, grad, bgrad = _backward(X, Wt, indptr, idx, delta, False, 2)
+    np.testing.assert_allclose(grad, ref_gW[touched], rtol=1e-5, atol=1e-5)
+    gx = np.empty_like(X)
+    _active.active_input_grad(delta, indptr, idx, Wt, gx, 2)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+def test_forward_by_rows_equals_forward_by_samples(problem, n_threads, act):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz = Wt.shape[0], idx.size
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    es = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
+                              t_entries, es)
+    by_samples = np.empty(nnz, np.float32)
+    _active.active_forward_dense(X, Wt, b, indptr, idx, by_samples, act, n_threads)
+    by_rows = np.full(nnz, np.nan, np.float32)
+    _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr, t_entries, es, by_rows,
+                                      act, n_threads)
+    np.testing.assert_array_equal(by_rows, by_samples)
+    bad_rows = rows[:nt].copy()
+    bad_rows[0] = m
+    bad_entries = t_entries.copy()
+    bad_entries[0] = nnz
+    for args in ((bad_rows, t_indptr, t_entries, es), (rows[:nt], t_indptr, bad_entries, es),
+                 (rows[:nt], t_indptr, t_entries, np.full(nnz, X.shape[0], np.int32))):
+        with pytest.raises(ValueError, match="out of range"):
+            _active.active_forward_rows_dense(X, Wt, b, *args, by_rows, act, n_threads)
+    with pytest.raises(ValueError, match="do not match"):
+        _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr[:nt], t_entries, es,
+                                          by_rows, act, n_threads)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_input_grad_by_rows_equals_numpy(problem, n_threads):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz, n = Wt.shape[0], idx.size, X.shape[0]
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    es = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
+                              t_entries, es)
+    delta = rng.standard_normal(nnz).astype(np.float32)
+    delta[::5] = 0.0
+    _, _, ref_gx = _ref_backward(X, Wt, indptr, idx, delta)
+    partial = np.full((max(n_threads - 1, 1), n, X.shape[1]), np.nan, np.float32)
+    runs = []
+    for _ in range(2):                      # the same bits for a given thread count
+        gx = np.full_like(X, np.nan)
+        _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, t_entries, es, gx,
+                                       partial, n_threads)
+        runs.append(gx)
+    np.testing.assert_allclose(runs[0], ref_gx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    bad = t_entries.copy()
+    bad[3] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, bad, es, gx, partial,
+                                       n_threads)
+    if n_threads > 1:
+        with pytest.raises(ValueError, match="partial"):
+            _active.active_input_grad_rows(delta, Wt, rows[:nt], t_indptr, t_entries, es, gx,
+                                           np.ascontiguousarray(partial[:, :-1]), n_threads)
+
+
+def test_touched_rows_is_a_counting_sort_by_neuron(problem):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz = Wt.shape[0], idx.size
+    mark = np.full(m, -1, np.int32)
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    es = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
+    np.testing.assert_array_equal(rows[:nt], np.unique(idx))          # increasing ids
+    np.testing.assert_array_equal(rows[slot], idx)
+    np.testing.assert_array_equal(es, np.repeat(np.arange(X.shape[0]), np.diff(indptr)))
+    for s in range(nt):
+        entries = t_entries[t_indptr[s]:t_indptr[s + 1]]
+        np.testing.assert_array_equal(entries, np.flatnonzero(idx == rows[s]))  # in order
+    assert (mark == -1).all()
+    mark[3] = 5                                                       # a dirty scratch
+    with pytest.raises(ValueError, match="mark"):
+        _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
+    with pytest.raises(ValueError, match="outside"):
+        _active.touched_rows(indptr, np.full(nnz, m, np.int32), np.full(m, -1, np.int32), rows,
+                             slot, t_indptr, t_entries, es)

@@ -200,6 +200,30 @@ def test_bucket_capacity_fifo_and_reservoir(policy):
         assert kept.mean() < 0.6 * n
 
 
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_reservoir_slots_follow_the_counter_based_draws(n_threads):
+    # neuron r, the j-th (0-based) of its bucket in table t, takes slot j while j < capacity,
+    # then slot rand3(seed, t, r, 11) % (j + 1) when that is below the capacity
+    rng = np.random.default_rng(3)
+    n, L, nb, cap, seed = 300, 3, 4, 5, 77
+    buckets = rng.integers(0, nb, (L, n)).astype(np.int32)
+    offsets = np.empty((L, nb + 1), np.int32)
+    ids = np.empty((L, n), np.int32)
+    _lsh.build_tables(buckets, nb, cap, _lsh.RESERVOIR, seed, offsets, ids, n_threads=n_threads)
+    for t in range(L):
+        slots = [[None] * cap for _ in range(nb)]
+        seen = [0] * nb
+        for r in range(n):
+            b = buckets[t, r]
+            j = seen[b]
+            seen[b] += 1
+            u = j if j < cap else _lsh.rand3_py(seed, t, r, 11) % (j + 1)
+            if u < cap:
+                slots[b][u] = r
+        for b in range(nb):
+            assert list(ids[t, offsets[t, b]:offsets[t, b + 1]]) == slots[b]
+
+
 @pytest.mark.parametrize("policy", [_lsh.FIFO, _lsh.RESERVOIR])
 @pytest.mark.parametrize("n_threads", THREADS)
 def test_tables_from_a_subset_of_neurons(policy, n_threads):
@@ -371,6 +395,41 @@ def test_query_policies_label_forcing_and_random_fill(policy, n_threads):
                9, 4, counts, forced, out1, 1)
     for i in range(n):
         np.testing.assert_array_equal(out1[i, :counts[i]], out[i, :counts[i]])
+
+
+@pytest.mark.parametrize("policy", [_lsh.UNION, _lsh.TOPK])
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_query_with_kept_scratch_equals_fresh_scratch(policy, n_threads):
+    # marks kept between calls (stamped per sample, never cleared) select what fresh ones do
+    rng = np.random.default_rng(4)
+    n_neurons, L, nb, n = 200, 5, 8, 30
+    buckets = rng.integers(0, nb, (L, n_neurons)).astype(np.int32)
+    offsets = np.empty((L, nb + 1), np.int32)
+    ids = np.empty((L, n_neurons), np.int32)
+    _lsh.build_tables(buckets, nb, 128, _lsh.FIFO, 0, offsets, ids)
+    l_indptr = np.arange(n + 1, dtype=np.int64)
+    scratch = np.full((n_threads, 2 * n_neurons), -1, np.int32)
+    stamp = 0
+    for call in range(4):
+        qb = rng.integers(0, nb, (n, L)).astype(np.int32)
+        l_idx = rng.integers(0, n_neurons, n).astype(np.int32)
+        got, ref = [], []
+        for kept in (True, False):
+            counts, forced = np.empty(n, np.int32), np.empty(n, np.int32)
+            out = np.empty((n, 41), np.int32)
+            _lsh.query(qb, offsets, ids, policy, 25, 2, l_indptr, l_idx, 40, n_neurons, 128, 9,
+                       call, counts, forced, out, n_threads,
+                       *((scratch, stamp) if kept else ()))
+            (got if kept else ref).append([list(out[i, :counts[i]]) for i in range(n)] +
+                                          [list(forced)])
+        assert got == ref
+        stamp += n
+    assert (scratch >= 0).any()
+    for bad in (dict(scratch=np.ascontiguousarray(scratch[:, :-1])), dict(scratch=scratch, stamp=-1),
+                dict(scratch=scratch, stamp=2**31 - 10)):
+        with pytest.raises(ValueError, match="scratch|stamp"):
+            _lsh.query(qb, offsets, ids, policy, 25, 2, l_indptr, l_idx, 40, n_neurons, 128, 9,
+                       0, counts, forced, out, n_threads, **bad)
 
 
 def test_query_fill_reaches_every_neuron_when_asked():

@@ -294,3 +294,140 @@ def test_factored_steps_reject_shape_mismatch():
     with pytest.raises(ValueError, match="m"):
         _optim.adam_step_outer(param, good_l, good_r, 1.0, np.zeros((4, 4), np.float32),
                                param.copy(), 1e-3, 0.9, 0.999, 1e-8, 0.0)
+
+
+# --- fused gradient + update of an active-set layer's rows ------------------------------------
+
+def _active_batch(rng, n, n_rows, d, per_sample):
+    """A batch of ``n`` samples with ``per_sample`` distinct active rows each, laid out by
+    ``_active.touched_rows``: (X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows)."""
+    from fastfire._core import _active
+
+    idx = np.concatenate([rng.choice(n_rows, per_sample, replace=False) for _ in range(n)])
+    idx = idx.astype(np.int32)
+    indptr = np.arange(0, n * per_sample + 1, per_sample, dtype=np.int64)
+    nnz = idx.shape[0]
+    m = min(nnz, n_rows)
+    rows, slot = np.empty(m, np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(m + 1, np.int64), np.empty(nnz, np.int64)
+    entry_sample = np.empty(nnz, np.int32)
+    nt = _active.touched_rows(indptr, idx, np.full(n_rows, -1, np.int32), rows, slot, t_indptr,
+                              t_entries, entry_sample)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    delta = rng.standard_normal(nnz).astype(np.float32)
+    delta[::7] = 0.0                                     # zero deltas are skipped by both paths
+    return X, delta, indptr, slot, t_indptr[:nt + 1], t_entries, entry_sample, rows[:nt]
+
+
+def _materialised(batch, n_threads):
+    from fastfire._core import _active
+
+    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    grad = np.empty((rows.shape[0], X.shape[1]), np.float32)
+    bias_grad = np.empty(rows.shape[0], np.float32)
+    _active.grad_rows_dense(X, delta, indptr, slot, t_indptr, t_entries, entry_sample, grad,
+                            bias_grad, 0.25, False, n_threads)
+    return grad, bias_grad.reshape(-1, 1)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("table", [False, True])
+@pytest.mark.parametrize("n,n_rows,d,per_sample", [(3, 10, 4, 2), (40, 3000, 64, 30)])
+def test_adam_step_grad_rows_equals_gradient_then_row_steps(n, n_rows, d, per_sample, table,
+                                                             n_threads):
+    # bit for bit: grad_rows_dense + adam_step_rows on the weights and on the biases (n_rows, 1)
+    rng = np.random.default_rng(n_rows)
+    lr, b1, b2, eps, l2 = 1e-2, 0.9, 0.999, 1e-8, 1e-3
+    sizes = _optim.adam_step_size_table(lr, b1, b2, 2) if table else None
+    W = rng.standard_normal((n_rows, d)).astype(np.float32)
+    b = rng.standard_normal(n_rows).astype(np.float32)
+    fused = [W.copy(), np.zeros_like(W), np.zeros_like(W), np.zeros(n_rows, np.int64),
+             b.copy(), np.zeros_like(b), np.zeros_like(b), np.zeros(n_rows, np.int64)]
+    split = [a.copy() for a in fused]
+    for step in range(4):                                # counts inside and past the table
+        batch = _active_batch(rng, n, n_rows, d, per_sample)
+        X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+        norm, bias_norm = _optim.adam_step_grad_rows(
+            *fused, rows, X, delta, t_indptr, t_entries, entry_sample, 0.25, lr, b1, b2, eps,
+            l2, 0.0, n_threads, sizes)
+        grad, bias_grad = _materialised(batch, n_threads)
+        Ws, ms, vs, ts, bs, bms, bvs, bts = split
+        exp_norm = _optim.adam_step_rows(Ws, grad, rows, ms, vs, ts, lr, b1, b2, eps, l2,
+                                         n_threads, sizes)
+        exp_bias_norm = _optim.adam_step_rows(bs.reshape(-1, 1), bias_grad, rows,
+                                              bms.reshape(-1, 1), bvs.reshape(-1, 1), bts, lr,
+                                              b1, b2, eps, 0.0, n_threads, sizes)
+        assert norm == exp_norm and bias_norm == exp_bias_norm
+    for a, e in zip(fused, split):
+        np.testing.assert_array_equal(a, e)
+    if n_rows > 1000:                                    # untouched rows, counts past the table
+        assert (fused[3] == 0).any() and (fused[3] > 2).any()
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_step_grad_rows_equals_gradient_then_row_steps(nesterov, n_threads):
+    rng = np.random.default_rng(5)
+    batch = _active_batch(rng, 40, 3000, 64, 30)
+    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    W = rng.standard_normal((3000, 64)).astype(np.float32)
+    b = rng.standard_normal(3000).astype(np.float32)
+    vel, bvel = 0.1 * W, 0.1 * b
+    fused = [W.copy(), vel.copy(), b.copy(), bvel.copy()]
+    norm, bias_norm = _optim.sgd_step_grad_rows(*fused, rows, X, delta, t_indptr, t_entries,
+                                                entry_sample, 0.25, 0.05, 0.9, nesterov, 1e-3,
+                                                1e-4, n_threads)
+    grad, bias_grad = _materialised(batch, n_threads)
+    exp = [W.copy(), vel.copy(), b.copy(), bvel.copy()]
+    exp_norm = _optim.sgd_step_rows(exp[0], grad, rows, exp[1], 0.05, 0.9, nesterov, 1e-3,
+                                    n_threads)
+    exp_bias_norm = _optim.sgd_step_rows(exp[2].reshape(-1, 1), bias_grad, rows,
+                                         exp[3].reshape(-1, 1), 0.05, 0.9, nesterov, 1e-4,
+                                         n_threads)
+    assert norm == exp_norm and bias_norm == exp_bias_norm
+    for a, e in zip(fused, exp):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_fused_row_steps_reject_bad_entries_and_shapes():
+    rng = np.random.default_rng(2)
+    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = \
+        _active_batch(rng, 4, 20, 3, 5)
+    W = np.zeros((20, 3), np.float32)
+    b = np.zeros(20, np.float32)
+
+    def adam(rows=rows, t_indptr=t_indptr, t_entries=t_entries, entry_sample=entry_sample,
+             X=X, bias=b):
+        return _optim.adam_step_grad_rows(W, W.copy(), W.copy(), np.zeros(20, np.int64), bias,
+                                          b.copy(), b.copy(), np.zeros(20, np.int64), rows, X,
+                                          delta, t_indptr, t_entries, entry_sample, 1.0, 0.1,
+                                          0.9, 0.999, 1e-8, 0.0, 0.0, 2)
+
+    bad_rows = rows.copy()
+    bad_rows[0] = 20
+    with pytest.raises(ValueError, match="row ids outside"):
+        adam(rows=bad_rows)
+    bad_entries = t_entries.copy()
+    bad_entries[0] = delta.shape[0]
+    with pytest.raises(ValueError, match="entries outside"):
+        adam(t_entries=bad_entries)
+    bad_samples = entry_sample.copy()
+    bad_samples[:] = 4
+    with pytest.raises(ValueError, match="entries outside"):
+        adam(entry_sample=bad_samples)
+    bad_indptr = t_indptr.copy()
+    bad_indptr[-1] = t_entries.shape[0] + 1
+    with pytest.raises(ValueError, match="entries outside"):
+        adam(t_indptr=bad_indptr)
+    with pytest.raises(ValueError, match="t_indptr"):
+        adam(t_indptr=t_indptr[:-1])
+    with pytest.raises(ValueError, match="X has"):
+        adam(X=np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="bias has"):
+        adam(bias=np.zeros(19, np.float32))
+    with pytest.raises(ValueError, match="entry_sample"):
+        adam(entry_sample=entry_sample[:-1])
+    with pytest.raises(ValueError, match="velocity"):
+        _optim.sgd_step_grad_rows(W, np.zeros((20, 2), np.float32), b, b.copy(), rows, X, delta,
+                                  t_indptr, t_entries, entry_sample, 1.0, 0.1, 0.9, False, 0.0,
+                                  0.0, 1)

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from fastfire.nn.active import ActiveSet
 from fastfire.nn.lsh import LSH, LSHLayer, SparseInput
 from fastfire.nn.network import Network
-from fastfire.nn.optimizers import SGD, Adam, RowGrad
+from fastfire.nn.optimizers import SGD, Adam, BatchRowGrad, RowGrad
 from fastfire.nn.selectors import SELECTORS, resolve_selection
 
 
@@ -120,6 +120,43 @@ def test_sparse_training_touches_only_active_rows():
     assert (opt.ms[1][:, untouched] == 0).all()          # optimizer state untouched too
     t = opt.row_ts[1]
     assert (t[touched] == 1).all() and (t[untouched] == 0).all()
+
+
+class _Materialising:
+    """An optimizer that reads every gradient's values before stepping (no fused row pass)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self, params, grads, l2s, n_threads):
+        for g in grads:
+            if isinstance(g, RowGrad):
+                g.values
+        return self.optimizer.step(params, grads, l2s, n_threads)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_fused_row_update_equals_materialised_gradient(solver, n_threads):
+    # the output layer's BatchRowGrad is computed inside the optimizer's pass; reading its
+    # values first takes the gradient-then-update path: the same bits either way
+    runs = []
+    for materialise in (False, True):
+        net, coefs, intercepts = _net(n_out=400, selectors=[
+            "dense", LSH(k=4, l=4, budget=20, min_active=60, random_state=0)])
+        rng = np.random.default_rng(3)
+        X = rng.standard_normal((64, 12)).astype(np.float32)
+        y = rng.integers(0, 400, 64).astype(np.int32)
+        opt = Adam(net.params, 0.01) if solver == "adam" else SGD(net.params, 0.05, momentum=0.9)
+        if materialise:
+            opt = _Materialising(opt)
+        losses = [net.train_step(ActiveSet.from_dense(X[s:s + 16]), y[s:s + 16], 1e-3, opt,
+                                 n_threads) for _ in range(3) for s in range(0, 64, 16)]
+        assert isinstance(net.layers[-1].coef_grad, BatchRowGrad)
+        runs.append((losses, coefs, intercepts))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1] + runs[0][2], runs[1][1] + runs[1][2]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_layer_gradient_equals_numpy_on_active_set():
