@@ -488,6 +488,15 @@ def _check_fused_rows(name, Py_ssize_t n_rows, Py_ssize_t d, param, states, bias
         raise ValueError(f"{name}: entry_sample has {entry_sample.shape[0]} entries, delta {delta.shape[0]}.")
 
 
+def _raise_if_skipped(name, int bad_rows, int bad_entries, Py_ssize_t n_rows):
+    """Raise the ValueError of a fused row step whose pass skipped invalid rows or entries."""
+    if bad_rows:
+        raise ValueError(f"{name}: {bad_rows} row ids outside [0, {n_rows}) were skipped.")
+    if bad_entries:
+        raise ValueError(f"{name}: {bad_entries} rows with entries outside the batch "
+                         "(t_indptr / t_entries / entry_sample) were skipped.")
+
+
 def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neuron-major weights
                         float[:, ::1] m,               # IN/OUT (n_rows, d)
                         float[:, ::1] v,               # IN/OUT (n_rows, d)
@@ -607,11 +616,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
             bias_sums[s] = ff_adam_update(&bias[r], &gb, &bias_m[r], &bias_v[r], 1, lr_r, b1,
                                           b2, one_b1, one_b2, eps, bias_l2_f)
         free(g)
-    if bad_rows:
-        raise ValueError(f"adam_step_grad_rows: {bad_rows} row ids outside [0, {n_rows}) were skipped.")
-    if bad_entries:
-        raise ValueError(f"adam_step_grad_rows: {bad_entries} rows with entries outside the batch "
-                         "(t_indptr / t_entries / entry_sample) were skipped.")
+    _raise_if_skipped("adam_step_grad_rows", bad_rows, bad_entries, n_rows)
     return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 
 
@@ -700,11 +705,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
             bias_sums[s] = _sgd_update(&bias[r], &gb, &bias_velocity[r], 1, lr_f, mom, nesterov,
                                        bias_l2_f)
         free(g)
-    if bad_rows:
-        raise ValueError(f"sgd_step_grad_rows: {bad_rows} row ids outside [0, {n_rows}) were skipped.")
-    if bad_entries:
-        raise ValueError(f"sgd_step_grad_rows: {bad_entries} rows with entries outside the batch "
-                         "(t_indptr / t_entries / entry_sample) were skipped.")
+    _raise_if_skipped("sgd_step_grad_rows", bad_rows, bad_entries, n_rows)
     return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 
 
