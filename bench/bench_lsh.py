@@ -14,6 +14,8 @@ Subcommands (each prints a markdown table and writes JSON under bench/out/):
     candidates  which active sets train best: retrieved only / random only / both / all
     xc670k      Amazon-670K shape (135,909 features, 670,091 labels) on a subset: LSH samples/s,
                 dense seconds per batch (extrapolated per epoch), peak memory
+    rebuild     one table rebuild of a --labels-wide output layer (default LSH()): milliseconds
+                per rebuild and per phase (projections, keys, bucketing), median of --repeats
 
 Run every timing under the shared lock so benchmarks do not overlap:
 
@@ -284,10 +286,65 @@ def cmd_xc670k(args):
     return rows
 
 
+def cmd_rebuild(args):
+    """Time ``LSHLayer.build_tables`` and, separately, its three phases on the layer's own
+    arrays: the projection GEMMs, the keys (``simhash_table_major``) and the bucketing
+    (``_lsh.build_tables``)."""
+    from fastfire._core import _lsh
+    from fastfire._core._dense import gemm
+    from fastfire.nn.lsh import _BUCKET_POLICIES, _HASH_CHUNK_ROWS, LSH, LSHLayer, \
+        _single_threaded_blas
+
+    rng = np.random.default_rng(0)
+    coef = rng.normal(0, 0.05, (args.hidden, args.labels)).astype(np.float32)
+    rows = []
+    for threads in args.threads:
+        layer = LSHLayer(coef, np.zeros(args.labels, np.float32), "identity", LSH(random_state=0))
+        layer.n_threads = threads
+        f, sel = layer.family, layer.selector
+        P = f["pool_P"] if f["pool_P"] is not None else f["P"]
+        bits = f["pool_map"] if f["pool_P"] is not None else None
+        S = np.empty((_HASH_CHUNK_ROWS, P.shape[1]), np.float32)
+        buckets = layer.table_buckets
+        offsets, ids = layer.tables
+        times = {"rebuild": [], "projections": [], "keys": [], "bucketing": []}
+
+        def timed(name, fn):
+            tic = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - tic))
+
+        def chunks(work):
+            with _single_threaded_blas():
+                for start in range(0, layer.n_out, _HASH_CHUNK_ROWS):
+                    work(start, min(start + _HASH_CHUNK_ROWS, layer.n_out))
+
+        def project(start, stop):
+            gemm(layer.Wt[start:stop], P, S[:stop - start], n_threads=threads)
+
+        def keys(start, stop):
+            _lsh.simhash_table_major(S[:stop - start], f["K"], f["L"], f["range_pow"], f["seed"],
+                                     buckets, start, None, threads, bits)
+
+        for _ in range(args.repeats):
+            timed("rebuild", layer.build_tables)
+            timed("projections", lambda: chunks(project))
+            timed("keys", lambda: chunks(keys))
+            timed("bucketing", lambda: _lsh.build_tables(
+                buckets, layer.n_buckets, sel.capacity, _BUCKET_POLICIES[sel.bucket_policy],
+                f["seed"], offsets, ids, None, threads))
+        med = {name: round(float(np.median(v)), 1) for name, v in times.items()}
+        rows.append(dict(threads=threads, labels=args.labels, ms=med,
+                         runs={name: [round(x, 1) for x in v] for name, v in times.items()}))
+        print(f"| {threads} | {med['rebuild']} | {med['projections']} | {med['keys']} "
+              f"| {med['bucketing']} |", flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["throughput", "accuracy", "real", "auto",
-                                            "candidates", "xc670k"])
+                                            "candidates", "xc670k", "rebuild"])
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--features", type=int, default=50000)

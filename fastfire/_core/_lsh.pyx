@@ -97,6 +97,18 @@ cdef inline uint64_t rand3(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) no
     return rand3_outer(seed, a, rand3_inner(b, c))
 
 
+cdef inline uint64_t reservoir_slot(uint64_t table_key, uint64_t inner, uint64_t n_seen) noexcept nogil:
+    """The reservoir draw of a neuron, uniform in ``[0, n_seen)`` (``n_seen < 2**32``; a
+    multiply-shift, not a division): ``table_key = mix64(seed ^ t * GOLDEN)`` per table,
+    ``inner = rand3_inner(id, 11)`` per neuron."""
+    return ((mix64(table_key ^ inner) >> 32) * n_seen) >> 32
+
+
+def reservoir_slot_py(uint64_t seed, uint64_t t, uint64_t neuron, uint64_t n_seen):
+    """Python access to the reservoir draw of ``neuron`` in table ``t`` (tests)."""
+    return reservoir_slot(mix64(seed ^ (t * _GOLDEN)), rand3_inner(neuron, 11), n_seen)
+
+
 def mix64_py(uint64_t x):
     """Python access to :func:`mix64` (tests)."""
     return mix64(x)
@@ -105,6 +117,77 @@ def mix64_py(uint64_t x):
 def rand3_py(uint64_t seed, uint64_t a, uint64_t b, uint64_t c):
     """Python access to the counter-based RNG (tests)."""
     return rand3(seed, a, b, c)
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #include <immintrin.h>
+    /* Bit h of the result: x[h] > 0 (false for NaN), for h < width <= 64. */
+    static inline uint64_t ff_sign_mask(const float *x, int width) {
+        const __m128 zero = _mm_setzero_ps();
+        uint64_t mask = 0;
+        int h = 0;
+        for (; h + 4 <= width; h += 4)
+            mask |= (uint64_t) _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + h), zero)) << h;
+        for (; h < width; h++)
+            mask |= (uint64_t) (x[h] > 0) << h;
+        return mask;
+    }
+    __attribute__((target("bmi2")))
+    static void ff_extract_keys_bmi2(uint64_t mask, const uint64_t *selectors, int n, uint64_t *keys) {
+        for (int j = 0; j < n; j++)
+            keys[j] = _pext_u64(mask, selectors[j]);
+    }
+    /* PEXT is one instruction on Intel and on AMD from Zen 3; Zen 1/2 microcode it (slow). */
+    static int ff_use_pext(void) {
+        static int have = -1;
+        if (have < 0)
+            have = __builtin_cpu_supports("bmi2") && !__builtin_cpu_is("znver1")
+                   && !__builtin_cpu_is("znver2");
+        return have;
+    }
+    #else
+    static inline uint64_t ff_sign_mask(const float *x, int width) {
+        uint64_t mask = 0;
+        for (int h = 0; h < width; h++)
+            mask |= (uint64_t) (x[h] > 0) << h;
+        return mask;
+    }
+    static void ff_extract_keys_bmi2(uint64_t mask, const uint64_t *selectors, int n, uint64_t *keys) {}
+    static int ff_use_pext(void) { return 0; }
+    #endif
+    static int ff_pext_allowed = 1;     /* tests switch the portable loop on */
+    /* The bits of mask at the set bits of selector, packed from bit 0 up (PEXT). */
+    static void ff_extract_keys(uint64_t mask, const uint64_t *selectors, int n, uint64_t *keys) {
+        if (ff_pext_allowed && ff_use_pext()) {
+            ff_extract_keys_bmi2(mask, selectors, n, keys);
+            return;
+        }
+        for (int j = 0; j < n; j++) {
+            uint64_t sel = selectors[j], key = 0;
+            for (int p = 0; sel; p++, sel &= sel - 1)
+                key |= ((mask >> __builtin_ctzll(sel)) & 1ULL) << p;
+            keys[j] = key;
+        }
+    }
+    """
+    int ff_pext_allowed
+    int ff_use_pext() noexcept nogil
+    uint64_t ff_sign_mask(const float* x, int width) noexcept nogil
+    void ff_extract_keys(uint64_t mask, const uint64_t* selectors, int n,
+                         uint64_t* keys) noexcept nogil
+
+
+def allow_pext(bint allowed):
+    """Let :func:`simhash_table_major` use the BMI2 bit-extract instruction where the CPU has a
+    fast one (the default) or not (the portable loop; tests compare the two). Returns whether
+    PEXT was in use before."""
+    global ff_pext_allowed
+    before = bool(ff_pext_allowed and ff_use_pext())
+    ff_pext_allowed = allowed
+    return before
 
 
 def _check_threads(int n_threads):
@@ -383,6 +466,28 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
     cdef Py_ssize_t width = S.shape[1], h
     cdef unsigned char* sign
     cdef const float* row
+    cdef uint64_t[::1] selectors
+    cdef uint64_t* keys
+    if width <= 64 and _bits_descend(bit_cols, K, nt):
+        # A table's key is then the bits of the row's sign mask at its columns, in column
+        # order (the first bit, the largest column, most significant): one PEXT per table.
+        selectors = np.zeros(nt, dtype=np.uint64)
+        for j in range(nt):
+            for k in range(K):
+                selectors[j] |= (<uint64_t> 1) << bit_cols[j * K + k]
+        with nogil, parallel(num_threads=n_threads):
+            keys = <uint64_t*> malloc(nt * sizeof(uint64_t))
+            for i in prange(n, schedule="static"):
+                ff_extract_keys(ff_sign_mask(&S[i, 0], <int> width), &selectors[0], <int> nt,
+                                keys)
+                for j in range(nt):
+                    key = keys[j]
+                    t = tables[j] if listed else j
+                    if range_pow > 0:
+                        key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
+                    out[t, col0 + i] = <int32_t> key
+            free(keys)
+        return
     with nogil, parallel(num_threads=n_threads):
         # each row's signs once as bytes: a table's key bits are then byte loads, not float
         # compares through the column map (K * L of them per row against ``width``)
@@ -400,6 +505,17 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
                     key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
                 out[t, col0 + i] = <int32_t> key
         free(sign)
+
+
+cdef bint _bits_descend(const int32_t[::1] bit_cols, int K, Py_ssize_t n_tables):
+    """True when every table's K key columns are strictly decreasing."""
+    cdef Py_ssize_t j
+    cdef int k
+    for j in range(n_tables):
+        for k in range(1, K):
+            if bit_cols[j * K + k] >= bit_cols[j * K + k - 1]:
+                return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,8 +559,8 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
     cdef const int32_t* col
     cdef int32_t j, slot, total, rid
     cdef int64_t dropped = 0
-    cdef uint64_t u
-    # the reservoir draw rand3(seed, t, id, 11) has a part common to all tables: once per id
+    cdef uint64_t u, table_key
+    # the reservoir draw has a part common to all tables: once per id
     cdef uint64_t* inner = NULL
     if policy == RESERVOIR and n_ids > 0:
         inner = <uint64_t*> malloc(n_ids * sizeof(uint64_t))
@@ -458,6 +574,7 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
         for t in prange(L, schedule="dynamic", chunksize=1):
             off = &offsets[t, 0]
             col = &buckets[t, 0] if n > 0 else NULL
+            table_key = mix64(seed ^ (<uint64_t> t * _GOLDEN))
             memset(seen, 0, (n_buckets + 1) * sizeof(int32_t))
             for r in range(n):
                 b = col[r]
@@ -490,7 +607,7 @@ def build_tables(const int32_t[:, ::1] buckets,   # IN (L, n) bucket ids, table-
                 elif policy == _FIFO:
                     slot = j % capacity
                 else:
-                    u = rand3_outer(seed, <uint64_t> t, inner[rid]) % <uint64_t> (j + 1)
+                    u = reservoir_slot(table_key, inner[rid], <uint64_t> (j + 1))
                     if u >= <uint64_t> capacity:
                         continue
                     slot = <int32_t> u

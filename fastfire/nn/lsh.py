@@ -419,8 +419,9 @@ class LSHLayer:
             counts_p = np.maximum(1, rng.binomial(d, sel.density, n_pool))
             idx_p = [np.sort(rng.choice(d, c, replace=False)) for c in counts_p]
             val_p = [rng.choice(np.array([-1.0, 1.0], dtype=np.float32), c) for c in counts_p]
-            # table t's K bits: K distinct projections of the pool
-            pool_map = np.concatenate([rng.choice(n_pool, K, replace=False)
+            # table t's K bits: K distinct projections of the pool, in decreasing order (a
+            # table's key is then one bit extraction from a row's sign mask at rebuilds)
+            pool_map = np.concatenate([np.sort(rng.choice(n_pool, K, replace=False))[::-1]
                                        for _ in range(L)]).astype(np.int32)
             counts = counts_p[pool_map]
             fn_idx = np.concatenate([idx_p[h] for h in pool_map])

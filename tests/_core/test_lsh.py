@@ -203,7 +203,7 @@ def test_bucket_capacity_fifo_and_reservoir(policy):
 @pytest.mark.parametrize("n_threads", THREADS)
 def test_reservoir_slots_follow_the_counter_based_draws(n_threads):
     # neuron r, the j-th (0-based) of its bucket in table t, takes slot j while j < capacity,
-    # then slot rand3(seed, t, r, 11) % (j + 1) when that is below the capacity
+    # then the slot reservoir_slot(seed, t, r, j + 1), uniform in [0, j], when below the capacity
     rng = np.random.default_rng(3)
     n, L, nb, cap, seed = 300, 3, 4, 5, 77
     buckets = rng.integers(0, nb, (L, n)).astype(np.int32)
@@ -217,7 +217,7 @@ def test_reservoir_slots_follow_the_counter_based_draws(n_threads):
             b = buckets[t, r]
             j = seen[b]
             seen[b] += 1
-            u = j if j < cap else _lsh.rand3_py(seed, t, r, 11) % (j + 1)
+            u = j if j < cap else _lsh.reservoir_slot_py(seed, t, r, j + 1)
             if u < cap:
                 slots[b][u] = r
         for b in range(nb):
@@ -311,6 +311,39 @@ def test_simhash_table_major_is_the_transposed_row_major(n_threads):
         _lsh.simhash_table_major(np.ascontiguousarray(S[:, :K]), K, L, 0, 5, out, 0,
                                  np.array([7], np.int32))
 
+
+
+@pytest.mark.parametrize("pext", [True, False])
+@pytest.mark.parametrize("pool", [9, 64, 70])
+def test_simhash_table_major_keys_from_sign_masks(pool, pext):
+    # tables whose key columns decrease take the sign-mask path (pool <= 64): one bit
+    # extraction per table, with or without PEXT; it must give the keys of the expanded bits
+    rng = np.random.default_rng(4)
+    K, L, n = 5, 7, 33
+    Sp = rng.standard_normal((n, pool)).astype(np.float32)
+    Sp[0, :] = 0.0                                       # zero projections give bit 0
+    Sp[1, ::3] = np.nan                                  # so do NaN ones
+    cols = np.concatenate([np.sort(rng.choice(pool, K, replace=False))[::-1]
+                           for _ in range(L)]).astype(np.int32)
+    bits = (Sp[:, cols] > 0).astype(np.int64).reshape(n, L, K)
+    keys = (bits * (1 << np.arange(K - 1, -1, -1))).sum(axis=2)
+    before = _lsh.allow_pext(pext)
+    try:
+        for n_threads in THREADS:
+            out = np.full((L, n + 3), -7, np.int32)
+            _lsh.simhash_table_major(Sp, K, L, 0, 8, out, 3, None, n_threads, cols)
+            np.testing.assert_array_equal(out[:, 3:], keys.T)
+            assert (out[:, :3] == -7).all()
+            tabs = np.array([6, 2], np.int32)            # a subset of the tables, folded keys
+            ref = np.empty((L, n), np.int32)
+            _lsh.simhash_table_major(np.ascontiguousarray(Sp[:, cols]), K, L, 3, 8, ref, 0,
+                                     n_threads=n_threads)
+            sub = np.full((L, n), -1, np.int32)
+            _lsh.simhash_table_major(Sp, K, L, 3, 8, sub, 0, tabs, n_threads,
+                                     np.ascontiguousarray(cols.reshape(L, K)[tabs].ravel()))
+            np.testing.assert_array_equal(sub[tabs], ref[tabs])
+    finally:
+        _lsh.allow_pext(before)
 
 @pytest.mark.parametrize("n_threads", THREADS)
 def test_simhash_table_major_from_a_pool_of_projections(n_threads):
