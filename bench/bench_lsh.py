@@ -15,7 +15,7 @@ Subcommands (each prints a markdown table and writes JSON under bench/out/):
     xc670k      Amazon-670K shape (135,909 features, 670,091 labels) on a subset: LSH samples/s,
                 dense seconds per batch (extrapolated per epoch), peak memory
     rebuild     one table rebuild of a --labels-wide output layer (default LSH()): milliseconds
-                per rebuild and per phase (projections, keys, bucketing), median of --repeats
+                per rebuild and per phase (hashing, bucketing), median of --repeats
 
 Run every timing under the shared lock so benchmarks do not overlap:
 
@@ -287,13 +287,11 @@ def cmd_xc670k(args):
 
 
 def cmd_rebuild(args):
-    """Time ``LSHLayer.build_tables`` and, separately, its three phases on the layer's own
-    arrays: the projection GEMMs, the keys (``simhash_table_major``) and the bucketing
+    """Time ``LSHLayer.build_tables`` and, separately, its two phases on the layer's own
+    arrays: hashing (projections and keys, ``simhash_rows_table_major``) and bucketing
     (``_lsh.build_tables``)."""
     from fastfire._core import _lsh
-    from fastfire._core._dense import gemm
-    from fastfire.nn.lsh import _BUCKET_POLICIES, _HASH_CHUNK_ROWS, LSH, LSHLayer, \
-        _single_threaded_blas
+    from fastfire.nn.lsh import _BUCKET_POLICIES, LSH, LSHLayer, _single_threaded_blas
 
     rng = np.random.default_rng(0)
     coef = rng.normal(0, 0.05, (args.hidden, args.labels)).astype(np.float32)
@@ -304,40 +302,31 @@ def cmd_rebuild(args):
         f, sel = layer.family, layer.selector
         P = f["pool_P"] if f["pool_P"] is not None else f["P"]
         bits = f["pool_map"] if f["pool_P"] is not None else None
-        S = np.empty((_HASH_CHUNK_ROWS, P.shape[1]), np.float32)
         buckets = layer.table_buckets
         offsets, ids = layer.tables
-        times = {"rebuild": [], "projections": [], "keys": [], "bucketing": []}
+        times = {"rebuild": [], "hashing": [], "bucketing": []}
 
         def timed(name, fn):
             tic = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - tic))
 
-        def chunks(work):
+        def hashing():
             with _single_threaded_blas():
-                for start in range(0, layer.n_out, _HASH_CHUNK_ROWS):
-                    work(start, min(start + _HASH_CHUNK_ROWS, layer.n_out))
-
-        def project(start, stop):
-            gemm(layer.Wt[start:stop], P, S[:stop - start], n_threads=threads)
-
-        def keys(start, stop):
-            _lsh.simhash_table_major(S[:stop - start], f["K"], f["L"], f["range_pow"], f["seed"],
-                                     buckets, start, None, threads, bits)
+                _lsh.simhash_rows_table_major(layer.Wt, P, f["K"], f["L"], f["range_pow"],
+                                              f["seed"], buckets, 0, None, threads, bits)
 
         for _ in range(args.repeats):
             timed("rebuild", layer.build_tables)
-            timed("projections", lambda: chunks(project))
-            timed("keys", lambda: chunks(keys))
+            timed("hashing", hashing)
             timed("bucketing", lambda: _lsh.build_tables(
                 buckets, layer.n_buckets, sel.capacity, _BUCKET_POLICIES[sel.bucket_policy],
                 f["seed"], offsets, ids, None, threads))
         med = {name: round(float(np.median(v)), 1) for name, v in times.items()}
         rows.append(dict(threads=threads, labels=args.labels, ms=med,
                          runs={name: [round(x, 1) for x in v] for name, v in times.items()}))
-        print(f"| {threads} | {med['rebuild']} | {med['projections']} | {med['keys']} "
-              f"| {med['bucketing']} |", flush=True)
+        print(f"| {threads} | {med['rebuild']} | {med['hashing']} | {med['bucketing']} |",
+              flush=True)
     return rows
 
 

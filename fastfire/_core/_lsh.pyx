@@ -42,6 +42,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from fastfire._core._blas cimport sgemm_rm
 from fastfire._core._openmp cimport omp_get_thread_num
 from fastfire._core._types cimport index_t, offset_t
 
@@ -421,6 +422,107 @@ def simhash_from_projections(const float[:, ::1] S,    # IN (n, K*L) projections
         free(codes)
 
 
+cdef struct KeyWriter:
+    # how one row's projections become its keys in the listed tables (table-major output)
+    int K
+    int L
+    int range_pow
+    uint64_t seed
+    Py_ssize_t n_tables
+    const int32_t* tables      # table of each listed slot; NULL: slot j is table j
+    const int32_t* bit_cols    # (K * n_tables,) column of every key bit
+    const uint64_t* selectors  # (n_tables,) column masks, or NULL (generic path)
+    int32_t* out               # (L, out_stride)
+    Py_ssize_t out_stride
+
+
+cdef inline void _write_keys(const KeyWriter* w, const float* row, Py_ssize_t width,
+                             Py_ssize_t col, uint64_t* keys,
+                             unsigned char* sign) noexcept nogil:
+    """Keys of one row of projections ``row`` (``width`` of them) in every listed table, written
+    to ``out[t, col]``. ``keys`` holds ``n_tables`` words, ``sign`` ``width`` bytes (scratch)."""
+    cdef Py_ssize_t j, h
+    cdef int k, t
+    cdef uint64_t key
+    if w.selectors != NULL:
+        # a table's key is the bits of the row's sign mask at its columns, in column order
+        # (its first bit, the largest column, most significant): one PEXT per table
+        ff_extract_keys(ff_sign_mask(row, <int> width), w.selectors, <int> w.n_tables, keys)
+    else:
+        # each sign once as a byte: a table's key bits are then byte loads through the
+        # column map, not float compares
+        for h in range(width):
+            sign[h] = 1 if row[h] > 0 else 0
+        for j in range(w.n_tables):
+            key = 0
+            for k in range(w.K):
+                key = key | (<uint64_t> sign[w.bit_cols[j * w.K + k]] << (w.K - 1 - k))
+            keys[j] = key
+    for j in range(w.n_tables):
+        key = keys[j]
+        t = w.tables[j] if w.tables != NULL else <int> j
+        if w.range_pow > 0:
+            key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ w.seed) >> (64 - w.range_pow)
+        w.out[t * w.out_stride + col] = <int32_t> key
+
+
+cdef object _key_writer(KeyWriter* w, Py_ssize_t width, int K, int L, int range_pow,
+                        uint64_t seed, int32_t[:, ::1] out, Py_ssize_t col0, Py_ssize_t n,
+                        const int32_t[::1] tables, const int32_t[::1] cols, str name):
+    """Check the key arguments shared by the table-major SimHash kernels and fill ``w``; returns
+    the arrays ``w`` points into (keep them alive while it is used)."""
+    cdef Py_ssize_t nt = L if tables is None else tables.shape[0], j
+    cdef int k
+    if K < 1 or K > 63 or not 0 <= range_pow <= 31:
+        raise ValueError(f"{name}: bad K={K} or range_pow={range_pow}.")
+    if out.shape[0] != L or col0 < 0 or out.shape[1] < col0 + n:
+        raise ValueError(f"{name}: out must be ({L}, >= col0 + n) = ({L}, >= {col0 + n}).")
+    if cols is None:
+        if width != K * nt:
+            raise ValueError(f"{name}: the projections must have K * n_tables = {K * nt} columns.")
+        bit_cols = np.arange(K * nt, dtype=np.int32)
+    else:
+        if cols.shape[0] != K * nt:
+            raise ValueError(f"{name}: cols must have K * n_tables = {K * nt} entries.")
+        for j in range(K * nt):
+            if cols[j] < 0 or cols[j] >= width:
+                raise ValueError(f"{name}: column {cols[j]} outside [0, {width}).")
+        bit_cols = np.ascontiguousarray(cols)
+    listed = None
+    if tables is not None:
+        for j in range(nt):
+            if tables[j] < 0 or tables[j] >= L:
+                raise ValueError(f"{name}: table {tables[j]} outside [0, {L}).")
+        listed = np.ascontiguousarray(tables)
+    cdef int32_t[::1] bc = bit_cols
+    cdef uint64_t[::1] sel
+    selectors = None
+    if width <= 64 and _bits_descend(bc, K, nt):
+        selectors = np.zeros(nt, dtype=np.uint64)
+        sel = selectors
+        for j in range(nt):
+            for k in range(K):
+                sel[j] |= (<uint64_t> 1) << bc[j * K + k]
+    w.K = K
+    w.L = L
+    w.range_pow = range_pow
+    w.seed = seed
+    w.n_tables = nt
+    w.bit_cols = &bc[0] if nt > 0 else NULL
+    w.tables = NULL
+    cdef const int32_t[::1] tv
+    if listed is not None and nt > 0:
+        tv = listed
+        w.tables = &tv[0]
+    w.selectors = NULL
+    if selectors is not None and nt > 0:
+        sel = selectors
+        w.selectors = &sel[0]
+    w.out = &out[0, 0] if out.shape[0] * out.shape[1] > 0 else NULL
+    w.out_stride = out.shape[1]
+    return bit_cols, listed, selectors
+
+
 def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) projections
                         int K, int L, int range_pow, uint64_t seed,
                         int32_t[:, ::1] out,             # OUT (L, >= col0 + n), table-major
@@ -436,75 +538,79 @@ def simhash_table_major(const float[:, ::1] S,       # IN (n, K * len(tables)) p
     ``cols``: bit ``k`` of the ``j``-th table is ``S[i, cols[j * K + k]] > 0`` instead (tables
     sharing a pool of projections: ``S`` holds the pool, any width).
     """
-    cdef Py_ssize_t n = S.shape[0], i
-    cdef Py_ssize_t nt = L if tables is None else tables.shape[0]
-    cdef int j, k, t
-    cdef uint64_t key
-    cdef bint listed = tables is not None
-    cdef bint pooled = cols is not None
-    if (not pooled and S.shape[1] != K * nt) or out.shape[0] != L or col0 < 0 \
-            or out.shape[1] < col0 + n:
-        raise ValueError(f"simhash_table_major: S must be (n, K * n_tables) and out ({L}, >= col0 + n).")
-    if pooled:
-        if cols.shape[0] != K * nt:
-            raise ValueError(f"simhash_table_major: cols must have K * n_tables = {K * nt} entries.")
-        for j in range(K * nt):
-            if cols[j] < 0 or cols[j] >= S.shape[1]:
-                raise ValueError(f"simhash_table_major: column {cols[j]} outside [0, {S.shape[1]}).")
-    if K < 1 or K > 63 or not 0 <= range_pow <= 31:
-        raise ValueError(f"simhash_table_major: bad K={K} or range_pow={range_pow}.")
-    if tables is not None:
-        for j in range(nt):
-            if tables[j] < 0 or tables[j] >= L:
-                raise ValueError(f"simhash_table_major: table {tables[j]} outside [0, {L}).")
+    cdef Py_ssize_t n = S.shape[0], width = S.shape[1], i
+    cdef KeyWriter w
+    keep = _key_writer(&w, width, K, L, range_pow, seed, out, col0, n, tables, cols,
+                       "simhash_table_major")
     _check_threads(n_threads)
-    if n == 0:
+    if n == 0 or w.n_tables == 0:
         return
-    # the column of every key bit, so one loop serves both layouts
-    cdef int32_t[::1] bit_cols = np.ascontiguousarray(cols) if pooled else \
-        np.arange(K * nt, dtype=np.int32)
-    cdef Py_ssize_t width = S.shape[1], h
-    cdef unsigned char* sign
-    cdef const float* row
-    cdef uint64_t[::1] selectors
     cdef uint64_t* keys
-    if width <= 64 and _bits_descend(bit_cols, K, nt):
-        # A table's key is then the bits of the row's sign mask at its columns, in column
-        # order (the first bit, the largest column, most significant): one PEXT per table.
-        selectors = np.zeros(nt, dtype=np.uint64)
-        for j in range(nt):
-            for k in range(K):
-                selectors[j] |= (<uint64_t> 1) << bit_cols[j * K + k]
-        with nogil, parallel(num_threads=n_threads):
-            keys = <uint64_t*> malloc(nt * sizeof(uint64_t))
-            for i in prange(n, schedule="static"):
-                ff_extract_keys(ff_sign_mask(&S[i, 0], <int> width), &selectors[0], <int> nt,
-                                keys)
-                for j in range(nt):
-                    key = keys[j]
-                    t = tables[j] if listed else j
-                    if range_pow > 0:
-                        key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
-                    out[t, col0 + i] = <int32_t> key
-            free(keys)
-        return
+    cdef unsigned char* sign
     with nogil, parallel(num_threads=n_threads):
-        # each row's signs once as bytes: a table's key bits are then byte loads, not float
-        # compares through the column map (K * L of them per row against ``width``)
+        keys = <uint64_t*> malloc(w.n_tables * sizeof(uint64_t))
         sign = <unsigned char*> malloc(width if width > 0 else 1)
         for i in prange(n, schedule="static"):
-            row = &S[i, 0]
-            for h in range(width):
-                sign[h] = 1 if row[h] > 0 else 0
-            for j in range(nt):
-                key = 0
-                for k in range(K):
-                    key = key | (<uint64_t> sign[bit_cols[j * K + k]] << (K - 1 - k))
-                t = tables[j] if listed else j
-                if range_pow > 0:
-                    key = mix64(key ^ (<uint64_t> t * _GOLDEN) ^ seed) >> (64 - range_pow)
-                out[t, col0 + i] = <int32_t> key
+            _write_keys(&w, &S[i, 0], width, col0 + i, keys, sign)
+        free(keys)
         free(sign)
+
+
+#: Rows projected per block by :func:`simhash_rows_table_major`: the block's projections (256 KB
+#: for a pool of 64) stay in the thread's L2 cache until their keys are written. 512 to 2,048
+#: measured alike at 670K rows; 256 was slower (bench/RESULTS-lsh.md, "Rebuilds").
+cdef Py_ssize_t _PROJECTION_BLOCK = 1024
+
+
+def simhash_rows_table_major(const float[:, ::1] W,       # IN (n, d) rows to hash
+                             const float[:, ::1] P,       # IN (d, width) projections
+                             int K, int L, int range_pow, uint64_t seed,
+                             int32_t[:, ::1] out,         # OUT (L, >= col0 + n), table-major
+                             Py_ssize_t col0=0,
+                             const int32_t[::1] tables=None,
+                             int n_threads=1,
+                             const int32_t[::1] cols=None):
+    """:func:`simhash_table_major` of the projections ``W @ P``, computed block by block.
+
+    Each thread projects blocks of rows with one single-threaded ``sgemm`` into a buffer of its
+    own and writes their keys while the buffer is in cache: the ``(n, width)`` projections are
+    never stored. The same keys as ``simhash_table_major(W @ P, ...)`` (the same ``sgemm``
+    arithmetic per row). The caller caps BLAS at one thread (threadpoolctl): the blocks already
+    run on ``n_threads`` OpenMP threads.
+    """
+    cdef Py_ssize_t n = W.shape[0], d = W.shape[1], width = P.shape[1]
+    if P.shape[0] != d:
+        raise ValueError(f"simhash_rows_table_major: P has {P.shape[0]} rows, W {d} columns.")
+    cdef KeyWriter w
+    keep = _key_writer(&w, width, K, L, range_pow, seed, out, col0, n, tables, cols,
+                       "simhash_rows_table_major")
+    _check_threads(n_threads)
+    if n == 0 or w.n_tables == 0:
+        return
+    if d == 0 or width == 0:
+        # no projection, every bit 0: the keys of a zero row
+        simhash_table_major(np.zeros((n, width), np.float32), K, L, range_pow, seed, out, col0,
+                            tables, n_threads, cols)
+        return
+    cdef Py_ssize_t block = _PROJECTION_BLOCK
+    cdef Py_ssize_t n_blocks = (n + block - 1) // block, bi, i0, rows_in, i
+    cdef uint64_t* keys
+    cdef unsigned char* sign
+    cdef float* S
+    with nogil, parallel(num_threads=n_threads):
+        keys = <uint64_t*> malloc(w.n_tables * sizeof(uint64_t))
+        sign = <unsigned char*> malloc(width)
+        S = <float*> malloc(block * width * sizeof(float))
+        for bi in prange(n_blocks, schedule="dynamic", chunksize=1):
+            i0 = bi * block
+            rows_in = min(block, n - i0)
+            sgemm_rm(False, False, <int> rows_in, <int> width, <int> d, 1.0, &W[i0, 0],
+                     <int> d, &P[0, 0], <int> width, 0.0, S, <int> width)
+            for i in range(rows_in):
+                _write_keys(&w, S + i * width, width, col0 + i0 + i, keys, sign)
+        free(keys)
+        free(sign)
+        free(S)
 
 
 cdef bint _bits_descend(const int32_t[::1] bit_cols, int K, Py_ssize_t n_tables):

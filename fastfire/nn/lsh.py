@@ -67,7 +67,7 @@ _LOSSES = {"softmax": SparseSoftmaxCrossEntropy, "logistic": SparseLogisticCross
 #: most this many entries (n_in * K * L); larger (first-layer) families use the sparse kernels.
 _GEMM_PROJECTION_FLOATS = 1 << 22
 
-#: Neurons hashed per call when the tables are rebuilt (bounds the projection buffer).
+#: Neurons gathered per call when tables are rebuilt from groups of neurons (bounds the buffer).
 _HASH_CHUNK_ROWS = 16384
 
 
@@ -601,13 +601,13 @@ class LSHLayer:
         buckets = self._reused("table_buckets", (sel.l, m), np.int32)   # table-major
         with _single_threaded_blas():
             for neurons, tabs in parts:
-                for start in range(0, m, _HASH_CHUNK_ROWS):   # bounded projection buffer
+                if neurons is None:
+                    self._hash_table_major(self.Wt, buckets, 0, tabs, n_threads)
+                    continue
+                for start in range(0, m, _HASH_CHUNK_ROWS):   # bounded gather buffer
                     stop = min(start + _HASH_CHUNK_ROWS, m)
-                    if neurons is None:
-                        rows = self.Wt[start:stop]
-                    else:
-                        rows = self._buffer("gather", (stop - start, self.n_in), np.float32)
-                        take_rows(self.Wt, neurons[start:stop].astype(np.int64), rows, n_threads)
+                    rows = self._buffer("gather", (stop - start, self.n_in), np.float32)
+                    take_rows(self.Wt, neurons[start:stop].astype(np.int64), rows, n_threads)
                     self._hash_table_major(rows, buckets, start, tabs, n_threads)
         if split is None:
             self.table_neurons = None
@@ -641,24 +641,21 @@ class LSHLayer:
         f = self.family
         n = rows.shape[0]
         if f.get("pool_P") is not None and n:
-            # tables sharing a pool of projections: one GEMM against the pool, bits picked
+            # tables sharing a pool of projections: projected against the pool, bits picked
             K = f["K"]
             bits = f["pool_map"] if tables is None else \
                 f["pool_map"][(tables[:, None] * K + np.arange(K)).ravel()]
-            S = self._buffer("proj", (n, f["pool_P"].shape[1]), np.float32)
-            gemm(rows, f["pool_P"], S, n_threads=n_threads)
-            _lsh.simhash_table_major(S, K, f["L"], f["range_pow"], f["seed"], out, col0, tables,
-                                     n_threads, np.ascontiguousarray(bits, dtype=np.int32))
+            _lsh.simhash_rows_table_major(rows, f["pool_P"], K, f["L"], f["range_pow"], f["seed"],
+                                          out, col0, tables, n_threads,
+                                          np.ascontiguousarray(bits, dtype=np.int32))
         elif f["P"] is not None and n:
             P = f["P"]
             if tables is not None:
                 K = f["K"]
                 cols = (tables[:, None] * K + np.arange(K)).ravel()
                 P = self._group_projections(tables, cols)
-            S = self._buffer("proj", (n, P.shape[1]), np.float32)
-            gemm(rows, P, S, n_threads=n_threads)
-            _lsh.simhash_table_major(S, f["K"], f["L"], f["range_pow"], f["seed"], out, col0,
-                                     tables, n_threads)
+            _lsh.simhash_rows_table_major(rows, P, f["K"], f["L"], f["range_pow"], f["seed"], out,
+                                          col0, tables, n_threads)
         else:
             res = self.hash_rows(rows, n_threads)
             tabs = slice(None) if tables is None else tables

@@ -313,6 +313,49 @@ def test_simhash_table_major_is_the_transposed_row_major(n_threads):
 
 
 
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("pool", [None, 12, 70])
+def test_simhash_rows_table_major_projects_block_by_block(pool, n_threads):
+    # integer rows and +-1/0 projections: W @ P is exact, so the keys are defined bit for bit
+    rng = np.random.default_rng(5)
+    K, L, d, n = 3, 6, 10, 700                     # several projection blocks and a remainder
+    W = rng.integers(-3, 4, (n, d)).astype(np.float32)
+    W[4] = 0.0                                     # a zero row: every key 0
+    width = K * L if pool is None else pool
+    P = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (d, width))
+    cols = None if pool is None else np.concatenate(
+        [rng.choice(pool, K, replace=False) for _ in range(L)]).astype(np.int32)
+    S = (W.astype(np.float64) @ P).astype(np.float32)
+    for range_pow in (0, 5):
+        ref = np.full((L, n + 2), -7, np.int32)
+        _lsh.simhash_table_major(S, K, L, range_pow, 3, ref, 2, None, 1, cols)
+        out = np.full((L, n + 2), -7, np.int32)
+        with _one_blas_thread():
+            _lsh.simhash_rows_table_major(W, P, K, L, range_pow, 3, out, 2, None, n_threads, cols)
+        np.testing.assert_array_equal(out, ref)
+    tabs = np.array([4, 1], np.int32)
+    sub_cols = None if cols is None else np.ascontiguousarray(cols.reshape(L, K)[tabs].ravel())
+    sub_P = P if cols is not None else np.ascontiguousarray(
+        P[:, (tabs[:, None] * K + np.arange(K)).ravel()])
+    sub = np.full((L, n), -1, np.int32)
+    with _one_blas_thread():
+        _lsh.simhash_rows_table_major(W, sub_P, K, L, 0, 3, sub, 0, tabs, n_threads, sub_cols)
+    full = np.empty((L, n), np.int32)
+    _lsh.simhash_table_major(S, K, L, 0, 3, full, 0, None, 1, cols)
+    np.testing.assert_array_equal(sub[tabs], full[tabs])
+    assert (np.delete(sub, tabs, axis=0) == -1).all()
+    with pytest.raises(ValueError, match="P has 9 rows"):
+        _lsh.simhash_rows_table_major(W, P[:9], K, L, 0, 3, out, 0, None, n_threads, cols)
+    with pytest.raises(ValueError, match="out must be"):
+        _lsh.simhash_rows_table_major(W, P, K, L, 0, 3, out, 3, None, n_threads, cols)
+
+
+def _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
 @pytest.mark.parametrize("pext", [True, False])
 @pytest.mark.parametrize("pool", [9, 64, 70])
 def test_simhash_table_major_keys_from_sign_masks(pool, pext):
