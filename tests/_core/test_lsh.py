@@ -224,6 +224,24 @@ def test_reservoir_slots_follow_the_counter_based_draws(n_threads):
             assert list(ids[t, offsets[t, b]:offsets[t, b + 1]]) == slots[b]
 
 
+def test_reservoir_keeps_every_item_with_the_same_probability():
+    # one bucket of 400 items, capacity 20, over 2,000 seeds: each item is kept with
+    # probability 20 / 400 = 0.05, so its count is Binomial(2000, 0.05) (mean 100, sd 9.7)
+    n, cap, runs = 400, 20, 2000
+    buckets = np.zeros((1, n), np.int32)
+    counts = np.zeros(n)
+    offsets = np.empty((1, 2), np.int32)
+    ids = np.empty((1, n), np.int32)
+    for seed in range(runs):
+        _lsh.build_tables(buckets, 1, cap, _lsh.RESERVOIR, seed, offsets, ids, n_threads=1)
+        counts[ids[0, :cap]] += 1
+    expected = runs * cap / n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 480                        # 399 degrees of freedom: P(chi2 > 480) ~ 0.3 %
+    for part in np.array_split(counts, 8):   # no drift along the stream (early vs late items)
+        assert abs(part.mean() - expected) < 4.5 * np.sqrt(expected / part.size)
+
+
 @pytest.mark.parametrize("policy", [_lsh.FIFO, _lsh.RESERVOIR])
 @pytest.mark.parametrize("n_threads", THREADS)
 def test_tables_from_a_subset_of_neurons(policy, n_threads):
