@@ -14,7 +14,8 @@ rounded to float32 only after ``1 - beta`` is formed, as scikit-learn's float64 
 with an explicit SSE path on x86-64, since GCC does not vectorize ``sqrtf`` under errno semantics.
 """
 
-from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, threads_for
+from fastfire._core._openmp cimport (MIN_ELEMENTS_PER_THREAD, omp_get_num_threads,
+                                     omp_get_thread_num, threads_for)
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
@@ -471,6 +472,61 @@ cdef inline int _row_gradient(const float* X, Py_ssize_t n, Py_ssize_t d,
     return 0
 
 
+cdef inline int _row_input_grad(const float* w, Py_ssize_t n, Py_ssize_t d,
+                                const float* delta, Py_ssize_t nnz,
+                                const int64_t* t_entries, const int32_t* entry_sample,
+                                int64_t q0, int64_t q1, float* acc) noexcept nogil:
+    """``acc[entry_sample[e]] += delta[e] * w`` over the entries ``e = t_entries[q0:q1]`` of
+    weight row ``w``, in that order (the arithmetic of ``_active.active_input_grad_rows``).
+    Returns 1 when an entry or its sample is out of range."""
+    cdef int64_t q, e
+    cdef int32_t i
+    for q in range(q0, q1):
+        e = t_entries[q]
+        if e < 0 or e >= nnz:
+            return 1
+        i = entry_sample[e]
+        if i < 0 or i >= n:
+            return 1
+        if d and delta[e] != 0:
+            ff_vec_axpy(d, delta[e], w, acc + i * d)
+    return 0
+
+
+cdef float* _input_grad_accumulator(float[:, ::1] input_grad, float[:, :, ::1] partial, int tid,
+                                    Py_ssize_t n, Py_ssize_t d) noexcept nogil:
+    """Thread ``tid``'s zeroed accumulator of the input gradient: ``input_grad`` for thread 0,
+    ``partial[tid - 1]`` for the others; NULL when no input gradient is asked for."""
+    cdef float* acc
+    if n * d == 0:
+        return NULL
+    acc = &input_grad[0, 0] if tid == 0 else &partial[tid - 1, 0, 0]
+    memset(acc, 0, n * d * sizeof(float))
+    return acc
+
+
+cdef void _sum_input_grad(float[:, ::1] input_grad, float[:, :, ::1] partial, int team,
+                          int n_threads) noexcept nogil:
+    """Add the other threads' accumulators into ``input_grad``, in thread order."""
+    cdef Py_ssize_t i, n = input_grad.shape[0], d = input_grad.shape[1]
+    cdef int k
+    if team > 1 and n * d > 0:
+        for i in prange(n, schedule="static", num_threads=n_threads):
+            for k in range(team - 1):
+                ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
+
+
+def _check_input_grad(name, input_grad, partial, Py_ssize_t n, Py_ssize_t d, int n_threads):
+    """Shapes of the optional input-gradient outputs of the fused row steps."""
+    if input_grad is None:
+        return
+    if input_grad.shape[0] != n or input_grad.shape[1] != d:
+        raise ValueError(f"{name}: input_grad must be ({n}, {d}).")
+    if n_threads > 1 and (partial is None or partial.shape[0] < n_threads - 1
+                          or partial.shape[1] != n or partial.shape[2] != d):
+        raise ValueError(f"{name}: partial must be (>= {n_threads - 1}, {n}, {d}).")
+
+
 def _check_fused_rows(name, Py_ssize_t n_rows, Py_ssize_t d, param, states, bias, bias_states,
                       Py_ssize_t nt, X, delta, t_indptr, t_entries, entry_sample):
     """Shapes shared by the fused row steps (the entries themselves are checked in the pass)."""
@@ -513,7 +569,9 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
                         const int32_t[::1] entry_sample,  # IN (nnz,) sample of each entry
                         float scale,
                         double lr, double beta_1, double beta_2, double epsilon, double l2,
-                        double bias_l2, int n_threads=1, const float[::1] step_sizes=None):
+                        double bias_l2, int n_threads=1, const float[::1] step_sizes=None,
+                        float[:, ::1] input_grad=None,        # OUT (n, d) or None
+                        float[:, :, ::1] partial=None):       # SCRATCH (>= n_threads - 1, n, d)
     """Lazy Adam on the rows of an active-set layer, each row's gradient computed in the pass.
 
     For every slot ``s``, the gradient of row ``r = rows[s]`` is
@@ -551,9 +609,17 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     l2, bias_l2 : float
         L2 penalty of the weights and of the biases.
     n_threads : int, default=1
-        OpenMP threads (over the rows, dynamic schedule).
+        OpenMP threads (over the rows, static schedule).
     step_sizes : ndarray of float32, optional
         :func:`adam_step_size_table` for ``lr``, ``beta_1``, ``beta_2``.
+    input_grad : ndarray of shape (n, d), float32, optional
+        Output: the gradient with respect to the layer's input, ``sum_e delta[e] * W[r]`` over
+        each sample's entries, from the rows before their update, computed in the same pass
+        (each row is read once for both). The same bits as
+        ``_active.active_input_grad_rows`` with the same ``n_threads``.
+    partial : ndarray of shape (>= n_threads - 1, n, d), float32, optional
+        Scratch of the other threads' input-gradient sums (needed with ``input_grad`` when
+        ``n_threads > 1``).
 
     Returns
     -------
@@ -565,7 +631,12 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     _check_fused_rows("adam_step_grad_rows", n_rows, d, param, {"m": m, "v": v}, bias,
                       {"t": t, "bias_m": bias_m, "bias_v": bias_v, "bias_t": bias_t}, nt, X,
                       delta, t_indptr, t_entries, entry_sample)
-    n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
+    _check_input_grad("adam_step_grad_rows", input_grad, partial, n, d, n_threads)
+    cdef bint with_input_grad = input_grad is not None
+    if not with_input_grad:
+        n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
+    elif nt == 0:
+        input_grad[...] = 0
     if nt == 0:
         return 0.0, 0.0
     cdef float b1 = <float> beta_1, b2 = <float> beta_2
@@ -581,10 +652,20 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     cdef int64_t tr, q0, q1
     cdef float lr_r, gb
     cdef float* g
-    cdef int bad_rows = 0, bad_entries = 0
+    cdef int bad_rows = 0, bad_entries = 0, tid, team = 1
+    cdef int* teamp = &team     # written inside the parallel block, read after it
+    cdef float* acc
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
-        for s in prange(nt, schedule="dynamic", chunksize=16):
+        acc = NULL
+        if with_input_grad:
+            tid = omp_get_thread_num()
+            if tid == 0:
+                teamp[0] = omp_get_num_threads()
+            acc = _input_grad_accumulator(input_grad, partial, tid, n, d)
+        # static: a fixed split of the rows over the threads, so that the input gradient's
+        # sums are the same for a given thread count (as _active.active_input_grad_rows')
+        for s in prange(nt, schedule="static", chunksize=64):
             if s + _ROWS_AHEAD < nt:
                 ra = rows[s + _ROWS_AHEAD]
                 if 0 <= ra < n_rows:
@@ -599,7 +680,10 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
                 bad_rows += 1
                 continue
             gb = 0.0
-            if q0 < 0 or q1 < q0 or q1 > n_entries or _row_gradient(
+            if q0 < 0 or q1 < q0 or q1 > n_entries or (acc != NULL and _row_input_grad(
+                    &param[r, 0], n, d, &delta[0] if nnz else NULL, nnz,
+                    &t_entries[0] if n_entries else NULL, &entry_sample[0] if nnz else NULL,
+                    q0, q1, acc)) or _row_gradient(
                     x0, n, d, &delta[0] if nnz else NULL, nnz, &t_entries[0] if n_entries else NULL,
                     &entry_sample[0] if nnz else NULL, q0, q1, scale, g, &gb):
                 bad_entries += 1
@@ -616,6 +700,8 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
             bias_sums[s] = ff_adam_update(&bias[r], &gb, &bias_m[r], &bias_v[r], 1, lr_r, b1,
                                           b2, one_b1, one_b2, eps, bias_l2_f)
         free(g)
+    if with_input_grad:
+        _sum_input_grad(input_grad, partial, team, n_threads)
     _raise_if_skipped("adam_step_grad_rows", bad_rows, bad_entries, n_rows)
     return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 
@@ -631,7 +717,9 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
                        const int64_t[::1] t_entries,   # IN
                        const int32_t[::1] entry_sample,  # IN (nnz,)
                        float scale, double lr, double momentum, bint nesterov, double l2,
-                       double bias_l2, int n_threads=1):
+                       double bias_l2, int n_threads=1,
+                       float[:, ::1] input_grad=None,         # OUT (n, d) or None
+                       float[:, :, ::1] partial=None):        # SCRATCH (>= n_threads - 1, n, d)
     """Lazy SGD (momentum / Nesterov) on the rows of an active-set layer, each row's gradient
     computed in the pass: as :func:`adam_step_grad_rows`, with :func:`sgd_step_rows`' update
     (the same bits as ``grad_rows_dense`` followed by ``sgd_step_rows`` on the weights and on
@@ -653,6 +741,8 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
         L2 penalty of the weights and of the biases.
     n_threads : int, default=1
         OpenMP threads.
+    input_grad, partial : ndarray, optional
+        As :func:`adam_step_grad_rows`: the input gradient from the rows before the update.
 
     Returns
     -------
@@ -664,7 +754,12 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     _check_fused_rows("sgd_step_grad_rows", n_rows, d, param, {"velocity": velocity}, bias,
                       {"bias_velocity": bias_velocity}, nt, X, delta, t_indptr, t_entries,
                       entry_sample)
-    n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
+    _check_input_grad("sgd_step_grad_rows", input_grad, partial, n, d, n_threads)
+    cdef bint with_input_grad = input_grad is not None
+    if not with_input_grad:
+        n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
+    elif nt == 0:
+        input_grad[...] = 0
     if nt == 0:
         return 0.0, 0.0
     cdef float lr_f = <float> lr, mom = <float> momentum
@@ -677,10 +772,20 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     cdef int64_t q0, q1
     cdef float gb
     cdef float* g
-    cdef int bad_rows = 0, bad_entries = 0
+    cdef int bad_rows = 0, bad_entries = 0, tid, team = 1
+    cdef int* teamp = &team     # written inside the parallel block, read after it
+    cdef float* acc
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
-        for s in prange(nt, schedule="dynamic", chunksize=16):
+        acc = NULL
+        if with_input_grad:
+            tid = omp_get_thread_num()
+            if tid == 0:
+                teamp[0] = omp_get_num_threads()
+            acc = _input_grad_accumulator(input_grad, partial, tid, n, d)
+        # static: a fixed split of the rows over the threads, so that the input gradient's
+        # sums are the same for a given thread count (as _active.active_input_grad_rows')
+        for s in prange(nt, schedule="static", chunksize=64):
             if s + _ROWS_AHEAD < nt:
                 ra = rows[s + _ROWS_AHEAD]
                 if 0 <= ra < n_rows:
@@ -694,7 +799,10 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
                 bad_rows += 1
                 continue
             gb = 0.0
-            if q0 < 0 or q1 < q0 or q1 > n_entries or _row_gradient(
+            if q0 < 0 or q1 < q0 or q1 > n_entries or (acc != NULL and _row_input_grad(
+                    &param[r, 0], n, d, &delta[0] if nnz else NULL, nnz,
+                    &t_entries[0] if n_entries else NULL, &entry_sample[0] if nnz else NULL,
+                    q0, q1, acc)) or _row_gradient(
                     x0, n, d, &delta[0] if nnz else NULL, nnz, &t_entries[0] if n_entries else NULL,
                     &entry_sample[0] if nnz else NULL, q0, q1, scale, g, &gb):
                 bad_entries += 1
@@ -705,6 +813,8 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
             bias_sums[s] = _sgd_update(&bias[r], &gb, &bias_velocity[r], 1, lr_f, mom, nesterov,
                                        bias_l2_f)
         free(g)
+    if with_input_grad:
+        _sum_input_grad(input_grad, partial, team, n_threads)
     _raise_if_skipped("sgd_step_grad_rows", bad_rows, bad_entries, n_rows)
     return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 

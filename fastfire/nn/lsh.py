@@ -854,7 +854,10 @@ class LSHLayer:
         _active.active_act_backward(grad, outputs.indptr, outputs.indices, outputs.values,
                                     self._delta, self._act_code, n_threads)
 
-    def backward(self, delta, n_threads, need_input_grad=True):
+    #: :meth:`backward` can leave the input gradient to the optimizer's update pass.
+    defers_input_grad = True
+
+    def backward(self, delta, n_threads, need_input_grad=True, defer_input_grad=False):
         """Row-sparse gradients of the mean loss (``coef_grad``/``intercept_grad`` become
         :class:`RowGrad`; for a dense input a :class:`BatchRowGrad`, computed by the optimizer in
         its update pass) and, when asked, dLoss/d(inputs) as a dense ``(n, n_in)`` array.
@@ -862,6 +865,11 @@ class LSHLayer:
         ``delta`` is the flat per-entry gradient of the active set (from a sparse loss), or the
         dense array the network passes after :meth:`activation_backward` (then the gathered
         delta kept by that call is used).
+
+        ``defer_input_grad``: where the input gradient would be summed row by row (dense input,
+        HOGWILD mode), return None instead and let the optimizer write it into
+        ``coef_grad.input_grad`` in its pass over the rows, before it updates them: each weight
+        row is then read once per step instead of twice (same bits).
         """
         active, inputs = self._active, self._inputs
         if active is None:
@@ -900,6 +908,9 @@ class LSHLayer:
             # accumulators: the same result for a given thread count, not across counts
             partial = self._buffer("input_grad_partial", (max(n_threads - 1, 1), n, self.n_in),
                                    np.float32)
+            if defer_input_grad:
+                self.coef_grad.request_input_grad(input_grad, partial)
+                return None
             _active.active_input_grad_rows(delta, self.Wt, rows[:nt], t_indptr, t_entries,
                                            entry_sample, input_grad, partial, n_threads)
         else:

@@ -125,16 +125,35 @@ class Network:
             loss_sum, delta = loss_fn.loss_and_delta(activations[-1], out_layer.n_forced, n_threads)
         loss = loss_fn.mean_loss(loss_sum, n, self.n_outputs)
 
-        for i in range(len(self.layers) - 1, -1, -1):
-            input_grad = self.layers[i].backward(delta, n_threads, need_input_grad=i > 0)
-            if i > 0:
-                self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
-                delta = input_grad
         # The L2 term uses the weights before the update; the optimizer sums their squares in the
         # update's own pass (row-sparse layers are penalised, and counted, on the rows they update).
+        n_layers = len(self.layers)
         l2 = alpha / n
-        l2s = [l2] * len(self.layers) + [0.0] * len(self.layers)
-        squared_norm = optimizer.step(self.params, self.grads, l2s, n_threads)
+        l2s = [l2] * n_layers + [0.0] * n_layers
+        squared_norm = 0.0
+        stepped = []          # parameters already updated in this step
+        for i in range(n_layers - 1, -1, -1):
+            layer = self.layers[i]
+            if i > 0 and getattr(layer, "defers_input_grad", False):
+                input_grad = layer.backward(delta, n_threads, defer_input_grad=True)
+            else:
+                input_grad = layer.backward(delta, n_threads, need_input_grad=i > 0)
+            if i > 0:
+                if input_grad is None:
+                    # left to the optimizer's pass over the layer's rows: update it now
+                    squared_norm += optimizer.step(self.params, self.grads, l2s, n_threads,
+                                                   indices=[i, n_layers + i],
+                                                   advance=not stepped)
+                    stepped += [i, n_layers + i]
+                    input_grad = layer.coef_grad.input_grad
+                self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
+                delta = input_grad
+        if stepped:
+            rest = [k for k in range(2 * n_layers) if k not in stepped]
+            squared_norm += optimizer.step(self.params, self.grads, l2s, n_threads, indices=rest,
+                                           advance=False)
+        else:
+            squared_norm = optimizer.step(self.params, self.grads, l2s, n_threads)
         loss += 0.5 * alpha * squared_norm / n
         for layer in self.layers:
             layer.selector.after_update(layer)

@@ -17,7 +17,7 @@ so the gradient is never written out. Reading ``values`` materialises it (the sa
 
 import numpy as np
 
-from fastfire._core._active import grad_rows_dense
+from fastfire._core._active import active_input_grad_rows, grad_rows_dense
 from fastfire._core._optim import (
     adam_step,
     adam_step_grad_rows,
@@ -100,7 +100,7 @@ class BatchRowGrad(RowGrad):
     """
 
     __slots__ = ("X", "delta", "indptr", "slot", "t_indptr", "t_entries", "entry_sample",
-                 "scale", "n_threads", "bias_grad", "_computed")
+                 "scale", "n_threads", "bias_grad", "_computed", "input_grad", "partial")
 
     def __init__(self, rows, X, delta, indptr, slot, t_indptr, t_entries, entry_sample, scale,
                  n_threads):
@@ -112,6 +112,19 @@ class BatchRowGrad(RowGrad):
         self.n_threads = n_threads
         self._computed = None
         self.bias_grad = _BatchBiasGrad(self)
+        self.input_grad = self.partial = None
+
+    def request_input_grad(self, input_grad, partial):
+        """Ask the optimizer to also write the layer's input gradient, ``sum_e delta[e] * W[r]``
+        over each sample's entries, into ``input_grad`` ``(n, d)`` from the rows before it
+        updates them (``partial``: the other threads' scratch, ``(n_threads - 1, n, d)``)."""
+        self.input_grad, self.partial = input_grad, partial
+
+    def write_input_grad(self, Wt, n_threads):
+        """Write the requested input gradient from the neuron-major weights ``Wt`` (for an
+        optimizer that does not fuse it into its update; call before the update)."""
+        active_input_grad_rows(self.delta, Wt, self.rows, self.t_indptr, self.t_entries,
+                               self.entry_sample, self.input_grad, self.partial, n_threads)
 
     @property
     def pending(self):
@@ -138,6 +151,10 @@ class BatchRowGrad(RowGrad):
         """The batch arguments of ``adam_step_grad_rows`` / ``sgd_step_grad_rows``."""
         return (self.rows, self.X, self.delta, self.t_indptr, self.t_entries, self.entry_sample,
                 self.scale)
+
+    def fused_outputs(self):
+        """The input-gradient keyword arguments of the fused row steps."""
+        return {"input_grad": self.input_grad, "partial": self.partial}
 
 
 class _BatchBiasGrad(RowGrad):
@@ -168,6 +185,12 @@ def _fused_bias_index(grads, i):
     return None
 
 
+def _write_requested_input_grad(g, param, n_threads):
+    """Before an unfused row update: the input gradient a :class:`BatchRowGrad` was asked for."""
+    if isinstance(g, BatchRowGrad) and g.input_grad is not None:
+        g.write_input_grad(g.view(param), n_threads)
+
+
 class Adam:
     """Adam (Kingma & Ba) with scikit-learn's bias-corrected step size.
 
@@ -190,23 +213,27 @@ class Adam:
         self.vs = [np.zeros_like(p) for p in params]
         self.row_ts = [None] * len(params)  # per-row step counters of lazily updated params
 
-    def step(self, params, grads, l2s, n_threads):
+    def step(self, params, grads, l2s, n_threads, indices=None, advance=True):
         """One update of every parameter from its gradient (``l2s``: per-array L2 factor).
 
         Returns the squared norm, before the update, of the penalised arrays (``l2 > 0``; for a
         :class:`RowGrad`, of its rows): the loss's L2 term, computed in the update's own pass.
+        ``indices``: update only these parameters (by position; None: all); ``advance``: count
+        a new step (False for the remaining parameters of a step done in several calls).
         """
-        self.t += 1
-        self.learning_rate = (
-            self.learning_rate_init
-            * np.sqrt(1 - self.beta_2**self.t)
-            / (1 - self.beta_1**self.t)
-        )
+        if advance:
+            self.t += 1
+            self.learning_rate = (
+                self.learning_rate_init
+                * np.sqrt(1 - self.beta_2**self.t)
+                / (1 - self.beta_1**self.t)
+            )
         squared_norm = 0.0
         if not hasattr(self, "row_ts"):
             self.row_ts = [None] * len(params)
         fused = set()                     # biases already stepped with their weight rows
-        for i, (p, g, m, v, l2) in enumerate(zip(params, grads, self.ms, self.vs, l2s)):
+        for i in range(len(params)) if indices is None else indices:
+            p, g, m, v, l2 = params[i], grads[i], self.ms[i], self.vs[i], l2s[i]
             if i in fused:
                 continue
             j = _fused_bias_index(grads, i)
@@ -215,12 +242,13 @@ class Adam:
                     g.view(p), g.view(m), g.view(v), self._row_counts(i, g.view(p)),
                     params[j], self.ms[j], self.vs[j], self._row_counts(j, params[j]),
                     *g.fused_args(), self.learning_rate_init, self.beta_1, self.beta_2,
-                    self.epsilon, l2, l2s[j], n_threads, self._step_sizes(),
+                    self.epsilon, l2, l2s[j], n_threads, self._step_sizes(), **g.fused_outputs(),
                 )
                 fused.add(j)
                 if l2s[j] > 0:
                     squared_norm += bias_norm
             elif isinstance(g, RowGrad):
+                _write_requested_input_grad(g, p, n_threads)
                 self._row_counts(i, g.view(p))
                 norm = adam_step_rows(
                     g.view(p), g.values, g.rows, g.view(m), g.view(v), self.row_ts[i],
@@ -286,14 +314,16 @@ class SGD:
         self.power_t = power_t
         self.velocities = [np.zeros_like(p) for p in params]
 
-    def step(self, params, grads, l2s, n_threads):
+    def step(self, params, grads, l2s, n_threads, indices=None, advance=True):
         """One update of every parameter from its gradient (``l2s``: per-array L2 factor).
 
-        Returns the squared norm of the penalised arrays before the update, as :meth:`Adam.step`.
+        Returns the squared norm of the penalised arrays before the update; ``indices`` and
+        ``advance`` as :meth:`Adam.step` (SGD keeps no step count).
         """
         squared_norm = 0.0
         fused = set()                     # biases already stepped with their weight rows
-        for i, (p, g, vel, l2) in enumerate(zip(params, grads, self.velocities, l2s)):
+        for i in range(len(params)) if indices is None else indices:
+            p, g, vel, l2 = params[i], grads[i], self.velocities[i], l2s[i]
             if i in fused:
                 continue
             j = _fused_bias_index(grads, i)
@@ -301,11 +331,13 @@ class SGD:
                 norm, bias_norm = sgd_step_grad_rows(
                     g.view(p), g.view(vel), params[j], self.velocities[j], *g.fused_args(),
                     self.learning_rate, self.momentum, self.nesterov, l2, l2s[j], n_threads,
+                    **g.fused_outputs(),
                 )
                 fused.add(j)
                 if l2s[j] > 0:
                     squared_norm += bias_norm
             elif isinstance(g, RowGrad):
+                _write_requested_input_grad(g, p, n_threads)
                 norm = sgd_step_rows(g.view(p), g.values, g.rows, g.view(vel), self.learning_rate,
                                      self.momentum, self.nesterov, l2, n_threads)
             else:

@@ -389,6 +389,62 @@ def test_sgd_step_grad_rows_equals_gradient_then_row_steps(nesterov, n_threads):
         np.testing.assert_array_equal(a, e)
 
 
+def _input_grad_rows(W, batch, n_threads):
+    """Reference input gradient (the unfused kernel) and a NumPy check of it."""
+    from fastfire._core import _active
+
+    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    n, d = X.shape[0], W.shape[1]
+    ref = np.empty((n, d), np.float32)
+    _active.active_input_grad_rows(delta, W, rows, t_indptr, t_entries, entry_sample, ref,
+                                   np.empty((max(n_threads - 1, 1), n, d), np.float32),
+                                   n_threads)
+    dense = np.zeros((n, W.shape[0]))                   # the entries' deltas, sample x neuron
+    np.add.at(dense, (np.repeat(np.arange(n), np.diff(indptr)), rows[slot]), delta)
+    np.testing.assert_allclose(ref, dense @ W, rtol=1e-4, atol=1e-4)
+    return ref
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_fused_row_steps_write_the_input_gradient_of_the_old_rows(solver, n_threads):
+    # the input gradient written in the update pass: the bits of active_input_grad_rows on the
+    # weights before the update (same thread count), and the update itself unchanged
+    rng = np.random.default_rng(7)
+    batch = _active_batch(rng, 40, 3000, 64, 30)
+    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    W = rng.standard_normal((3000, 64)).astype(np.float32)
+    b = rng.standard_normal(3000).astype(np.float32)
+    expected = _input_grad_rows(W, batch, n_threads)
+    n = X.shape[0]
+    out = np.full((n, 64), np.nan, np.float32)
+    partial = np.full((max(n_threads - 1, 1), n, 64), np.nan, np.float32)
+    if solver == "adam":
+        state = [W.copy(), np.zeros_like(W), np.zeros_like(W), np.zeros(3000, np.int64),
+                 b.copy(), np.zeros_like(b), np.zeros_like(b), np.zeros(3000, np.int64)]
+        args = (0.25, 1e-2, 0.9, 0.999, 1e-8, 1e-3, 0.0, n_threads)
+        step = _optim.adam_step_grad_rows
+    else:
+        state = [W.copy(), 0.1 * W, b.copy(), 0.1 * b]
+        args = (0.25, 0.05, 0.9, True, 1e-3, 0.0, n_threads)
+        step = _optim.sgd_step_grad_rows
+    plain = [a.copy() for a in state]
+    with_grad = step(*state, rows, X, delta, t_indptr, t_entries, entry_sample, *args,
+                     input_grad=out, partial=partial)
+    without = step(*plain, rows, X, delta, t_indptr, t_entries, entry_sample, *args)
+    np.testing.assert_array_equal(out, expected)
+    assert with_grad == without
+    for a, e in zip(state, plain):
+        np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="input_grad must be"):
+        step(*plain, rows, X, delta, t_indptr, t_entries, entry_sample, *args,
+             input_grad=out[:-1], partial=partial)
+    if n_threads > 1:
+        with pytest.raises(ValueError, match="partial must be"):
+            step(*plain, rows, X, delta, t_indptr, t_entries, entry_sample, *args,
+                 input_grad=out, partial=None)
+
+
 def test_fused_row_steps_reject_bad_entries_and_shapes():
     rng = np.random.default_rng(2)
     X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = \

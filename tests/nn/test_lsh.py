@@ -128,18 +128,19 @@ class _Materialising:
     def __init__(self, optimizer):
         self.optimizer = optimizer
 
-    def step(self, params, grads, l2s, n_threads):
+    def step(self, params, grads, l2s, n_threads, **kwargs):
         for g in grads:
             if isinstance(g, RowGrad):
                 g.values
-        return self.optimizer.step(params, grads, l2s, n_threads)
+        return self.optimizer.step(params, grads, l2s, n_threads, **kwargs)
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_fused_row_update_equals_materialised_gradient(solver, n_threads):
-    # the output layer's BatchRowGrad is computed inside the optimizer's pass; reading its
-    # values first takes the gradient-then-update path: the same bits either way
+    # the output layer's BatchRowGrad (and the input gradient below it) is computed inside the
+    # optimizer's pass; reading its values first takes the gradient-then-update path (the input
+    # gradient by _active.active_input_grad_rows before the update): the same bits either way
     runs = []
     for materialise in (False, True):
         net, coefs, intercepts = _net(n_out=400, selectors=[
