@@ -493,16 +493,39 @@ cdef inline int _row_input_grad(const float* w, Py_ssize_t n, Py_ssize_t d,
     return 0
 
 
-cdef float* _input_grad_accumulator(float[:, ::1] input_grad, float[:, :, ::1] partial, int tid,
-                                    Py_ssize_t n, Py_ssize_t d) noexcept nogil:
-    """Thread ``tid``'s zeroed accumulator of the input gradient: ``input_grad`` for thread 0,
-    ``partial[tid - 1]`` for the others; NULL when no input gradient is asked for."""
+cdef float* _input_grad_accumulator(bint wanted, float[:, ::1] input_grad,
+                                    float[:, :, ::1] partial, int* team) noexcept nogil:
+    """Inside a parallel block: the calling thread's zeroed accumulator of the input gradient
+    (``input_grad`` for thread 0, ``partial[tid - 1]`` for the others; thread 0 stores the team
+    size in ``team``), or NULL when it is not ``wanted`` or empty."""
+    cdef Py_ssize_t n = input_grad.shape[0] if wanted else 0
+    cdef Py_ssize_t d = input_grad.shape[1] if wanted else 0
+    cdef int tid
     cdef float* acc
     if n * d == 0:
         return NULL
+    tid = omp_get_thread_num()
+    if tid == 0:
+        team[0] = omp_get_num_threads()
     acc = &input_grad[0, 0] if tid == 0 else &partial[tid - 1, 0, 0]
     memset(acc, 0, n * d * sizeof(float))
     return acc
+
+
+cdef inline int _row_grads(const float* w, float* acc, const float* X, Py_ssize_t n,
+                           Py_ssize_t d, const float* delta, Py_ssize_t nnz,
+                           const int64_t* t_entries, Py_ssize_t n_entries,
+                           const int32_t* entry_sample, int64_t q0, int64_t q1, float scale,
+                           float* g, float* b) noexcept nogil:
+    """One touched row's share of the fused steps: its entries ``t_entries[q0:q1]`` added to
+    the input gradient (when ``acc`` is not NULL; from the row ``w`` before its update), then
+    its weight and bias gradients into ``g``/``b``. Returns 1 when the entries are out of
+    range."""
+    if q0 < 0 or q1 < q0 or q1 > n_entries:
+        return 1
+    if acc != NULL and _row_input_grad(w, n, d, delta, nnz, t_entries, entry_sample, q0, q1, acc):
+        return 1
+    return _row_gradient(X, n, d, delta, nnz, t_entries, entry_sample, q0, q1, scale, g, b)
 
 
 cdef void _sum_input_grad(float[:, ::1] input_grad, float[:, :, ::1] partial, int team,
@@ -647,22 +670,20 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     cdef double[::1] row_sums = np.zeros(nt)
     cdef double[::1] bias_sums = np.zeros(nt)
     cdef const float* x0 = &X[0, 0] if n * d > 0 else NULL
+    cdef const float* dp = &delta[0] if nnz else NULL
+    cdef const int64_t* tp = &t_entries[0] if n_entries else NULL
+    cdef const int32_t* sp = &entry_sample[0] if nnz else NULL
     cdef Py_ssize_t s
     cdef index_t r, ra
     cdef int64_t tr, q0, q1
     cdef float lr_r, gb
     cdef float* g
-    cdef int bad_rows = 0, bad_entries = 0, tid, team = 1
+    cdef int bad_rows = 0, bad_entries = 0, team = 1
     cdef int* teamp = &team     # written inside the parallel block, read after it
     cdef float* acc
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
-        acc = NULL
-        if with_input_grad:
-            tid = omp_get_thread_num()
-            if tid == 0:
-                teamp[0] = omp_get_num_threads()
-            acc = _input_grad_accumulator(input_grad, partial, tid, n, d)
+        acc = _input_grad_accumulator(with_input_grad, input_grad, partial, teamp)
         # static: a fixed split of the rows over the threads, so that the input gradient's
         # sums are the same for a given thread count (as _active.active_input_grad_rows')
         for s in prange(nt, schedule="static", chunksize=64):
@@ -680,12 +701,8 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
                 bad_rows += 1
                 continue
             gb = 0.0
-            if q0 < 0 or q1 < q0 or q1 > n_entries or (acc != NULL and _row_input_grad(
-                    &param[r, 0], n, d, &delta[0] if nnz else NULL, nnz,
-                    &t_entries[0] if n_entries else NULL, &entry_sample[0] if nnz else NULL,
-                    q0, q1, acc)) or _row_gradient(
-                    x0, n, d, &delta[0] if nnz else NULL, nnz, &t_entries[0] if n_entries else NULL,
-                    &entry_sample[0] if nnz else NULL, q0, q1, scale, g, &gb):
+            if _row_grads(&param[r, 0], acc, x0, n, d, dp, nnz, tp, n_entries, sp, q0, q1, scale,
+                          g, &gb):
                 bad_entries += 1
                 continue
             tr = t[r] + 1
@@ -767,22 +784,20 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     cdef double[::1] row_sums = np.zeros(nt)
     cdef double[::1] bias_sums = np.zeros(nt)
     cdef const float* x0 = &X[0, 0] if n * d > 0 else NULL
+    cdef const float* dp = &delta[0] if nnz else NULL
+    cdef const int64_t* tp = &t_entries[0] if n_entries else NULL
+    cdef const int32_t* sp = &entry_sample[0] if nnz else NULL
     cdef Py_ssize_t s
     cdef index_t r, ra
     cdef int64_t q0, q1
     cdef float gb
     cdef float* g
-    cdef int bad_rows = 0, bad_entries = 0, tid, team = 1
+    cdef int bad_rows = 0, bad_entries = 0, team = 1
     cdef int* teamp = &team     # written inside the parallel block, read after it
     cdef float* acc
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
-        acc = NULL
-        if with_input_grad:
-            tid = omp_get_thread_num()
-            if tid == 0:
-                teamp[0] = omp_get_num_threads()
-            acc = _input_grad_accumulator(input_grad, partial, tid, n, d)
+        acc = _input_grad_accumulator(with_input_grad, input_grad, partial, teamp)
         # static: a fixed split of the rows over the threads, so that the input gradient's
         # sums are the same for a given thread count (as _active.active_input_grad_rows')
         for s in prange(nt, schedule="static", chunksize=64):
@@ -799,12 +814,8 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
                 bad_rows += 1
                 continue
             gb = 0.0
-            if q0 < 0 or q1 < q0 or q1 > n_entries or (acc != NULL and _row_input_grad(
-                    &param[r, 0], n, d, &delta[0] if nnz else NULL, nnz,
-                    &t_entries[0] if n_entries else NULL, &entry_sample[0] if nnz else NULL,
-                    q0, q1, acc)) or _row_gradient(
-                    x0, n, d, &delta[0] if nnz else NULL, nnz, &t_entries[0] if n_entries else NULL,
-                    &entry_sample[0] if nnz else NULL, q0, q1, scale, g, &gb):
+            if _row_grads(&param[r, 0], acc, x0, n, d, dp, nnz, tp, n_entries, sp, q0, q1, scale,
+                          g, &gb):
                 bad_entries += 1
                 continue
             if d:
