@@ -444,18 +444,22 @@ cdef inline void _prefetch_rows_w(float* a, float* b, float* c, Py_ssize_t d) no
         FF_OPTIM_PREFETCH_W(c + j)
 
 
-cdef inline int _row_gradient(const float* X, Py_ssize_t n, Py_ssize_t d,
-                              const float* delta, Py_ssize_t nnz,
-                              const int64_t* t_entries, const int32_t* entry_sample,
-                              int64_t q0, int64_t q1, float scale,
-                              float* g, float* b) noexcept nogil:
-    """``g = scale * sum delta[e] * X[entry_sample[e]]`` and ``b = scale * sum delta[e]`` over
-    the entries ``e = t_entries[q0:q1]``, summed in that order with the arithmetic of
-    ``_active.grad_rows_dense`` (same bits). Returns 1, leaving ``g``/``b`` partial, when an
-    entry or its sample is out of range."""
+cdef inline int _row_grads(const float* w, float* acc, const float* X, Py_ssize_t n,
+                           Py_ssize_t d, const float* delta, Py_ssize_t nnz,
+                           const int64_t* t_entries, Py_ssize_t n_entries,
+                           const int32_t* entry_sample, int64_t q0, int64_t q1, float scale,
+                           float* g, float* b) noexcept nogil:
+    """One touched row's gradients from its entries ``e = t_entries[q0:q1]``, in that order:
+    ``g = scale * sum delta[e] * X[entry_sample[e]]`` and ``b = scale * sum delta[e]`` (the
+    arithmetic of ``_active.grad_rows_dense``, same bits) and, when ``acc`` is not NULL, the
+    input gradient ``acc[entry_sample[e]] += delta[e] * w`` from the weight row ``w`` before
+    its update (that of ``_active.active_input_grad_rows``). Returns 1, leaving the sums
+    partial, when the entries or their samples are out of range."""
     cdef int64_t q, e
     cdef int32_t i
-    cdef float acc = 0.0
+    cdef float bias_sum = 0.0
+    if q0 < 0 or q1 < q0 or q1 > n_entries:
+        return 1
     if d:
         memset(g, 0, d * sizeof(float))
     for q in range(q0, q1):
@@ -465,31 +469,12 @@ cdef inline int _row_gradient(const float* X, Py_ssize_t n, Py_ssize_t d,
         i = entry_sample[e]
         if i < 0 or i >= n:
             return 1
-        acc = acc + scale * delta[e]
+        bias_sum = bias_sum + scale * delta[e]
         if d and delta[e] != 0:
             ff_vec_axpy(d, scale * delta[e], X + i * d, g)
-    b[0] = acc
-    return 0
-
-
-cdef inline int _row_input_grad(const float* w, Py_ssize_t n, Py_ssize_t d,
-                                const float* delta, Py_ssize_t nnz,
-                                const int64_t* t_entries, const int32_t* entry_sample,
-                                int64_t q0, int64_t q1, float* acc) noexcept nogil:
-    """``acc[entry_sample[e]] += delta[e] * w`` over the entries ``e = t_entries[q0:q1]`` of
-    weight row ``w``, in that order (the arithmetic of ``_active.active_input_grad_rows``).
-    Returns 1 when an entry or its sample is out of range."""
-    cdef int64_t q, e
-    cdef int32_t i
-    for q in range(q0, q1):
-        e = t_entries[q]
-        if e < 0 or e >= nnz:
-            return 1
-        i = entry_sample[e]
-        if i < 0 or i >= n:
-            return 1
-        if d and delta[e] != 0:
-            ff_vec_axpy(d, delta[e], w, acc + i * d)
+            if acc != NULL:
+                ff_vec_axpy(d, delta[e], w, acc + i * d)
+    b[0] = bias_sum
     return 0
 
 
@@ -510,22 +495,6 @@ cdef float* _input_grad_accumulator(bint wanted, float[:, ::1] input_grad,
     acc = &input_grad[0, 0] if tid == 0 else &partial[tid - 1, 0, 0]
     memset(acc, 0, n * d * sizeof(float))
     return acc
-
-
-cdef inline int _row_grads(const float* w, float* acc, const float* X, Py_ssize_t n,
-                           Py_ssize_t d, const float* delta, Py_ssize_t nnz,
-                           const int64_t* t_entries, Py_ssize_t n_entries,
-                           const int32_t* entry_sample, int64_t q0, int64_t q1, float scale,
-                           float* g, float* b) noexcept nogil:
-    """One touched row's share of the fused steps: its entries ``t_entries[q0:q1]`` added to
-    the input gradient (when ``acc`` is not NULL; from the row ``w`` before its update), then
-    its weight and bias gradients into ``g``/``b``. Returns 1 when the entries are out of
-    range."""
-    if q0 < 0 or q1 < q0 or q1 > n_entries:
-        return 1
-    if acc != NULL and _row_input_grad(w, n, d, delta, nnz, t_entries, entry_sample, q0, q1, acc):
-        return 1
-    return _row_gradient(X, n, d, delta, nnz, t_entries, entry_sample, q0, q1, scale, g, b)
 
 
 cdef void _sum_input_grad(float[:, ::1] input_grad, float[:, :, ::1] partial, int team,
