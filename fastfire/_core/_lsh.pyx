@@ -494,7 +494,7 @@ cdef object _key_writer(KeyWriter* w, Py_ssize_t width, int K, int L, int range_
             if tables[j] < 0 or tables[j] >= L:
                 raise ValueError(f"{name}: table {tables[j]} outside [0, {L}).")
         listed = np.ascontiguousarray(tables)
-    cdef int32_t[::1] bc = bit_cols
+    cdef const int32_t[::1] bc = bit_cols
     cdef uint64_t[::1] sel
     selectors = None
     if width <= 64 and _bits_descend(bc, K, nt):

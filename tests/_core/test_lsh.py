@@ -343,6 +343,8 @@ def test_simhash_rows_table_major_projects_block_by_block(pool, n_threads):
     P = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (d, width))
     cols = None if pool is None else np.concatenate(
         [rng.choice(pool, K, replace=False) for _ in range(L)]).astype(np.int32)
+    for array in (W, P) if cols is None else (W, P, cols):
+        array.setflags(write=False)                # read-only inputs are accepted
     S = (W.astype(np.float64) @ P).astype(np.float32)
     for range_pow in (0, 5):
         ref = np.full((L, n + 2), -7, np.int32)
