@@ -803,10 +803,13 @@ class LSHLayer:
             # for all its entries, the backward sums each gradient row from them
             self._touched = self._touched_rows(active)
             nt, rows, _, t_indptr, t_entries, entry_sample = self._touched
-            values = np.empty(active.indices.shape[0], dtype=np.float32)
+            nnz = active.indices.shape[0]
+            values = np.empty(nnz, dtype=np.float32)
             _active.active_forward_rows_dense(inputs.values, self.Wt, self.intercept, rows[:nt],
-                                              t_indptr, t_entries, entry_sample, values,
-                                              self._act_code, n_threads)
+                                              t_indptr, t_entries, entry_sample,
+                                              self._buffer("entry_pos", (nnz,), np.int64),
+                                              self._buffer("by_slot", (nnz,), np.float32),
+                                              values, self._act_code, n_threads)
             out = ActiveSet(values, self.n_out, indptr=active.indptr, indices=active.indices)
         else:
             out = self.forward_active(inputs, active, n_threads)
@@ -819,7 +822,8 @@ class LSHLayer:
 
     def _touched_rows(self, active):
         """``_active.touched_rows`` of an active set on the layer's buffers: ``(n_touched, rows,
-        slot, t_indptr, t_entries, entry_sample)``."""
+        slot, t_indptr, t_entries, entry_sample)``; the inverse of ``t_entries`` goes to the
+        ``entry_pos`` buffer."""
         nnz = active.indices.shape[0]
         m = min(nnz, self.n_out)
         rows = self._buffer("rows", (m,), np.int32)
@@ -828,7 +832,8 @@ class LSHLayer:
         t_entries = self._buffer("t_entries", (nnz,), np.int64)
         entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
         nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
-                                  t_indptr, t_entries, entry_sample)
+                                  t_indptr, t_entries, entry_sample,
+                                  self._buffer("entry_pos", (nnz,), np.int64))
         return nt, rows, slot, t_indptr, t_entries, entry_sample
 
     def forward_active(self, inputs, active, n_threads):
