@@ -702,9 +702,16 @@ class LSHLayer:
 
     # ---------------------------------------------------------------- selection
     def set_targets(self, target):
-        """Store the batch's true labels (output layer): int class indices or an indicator
-        (dense or CSR); used for label forcing in the next training forward pass."""
-        if sp.issparse(target):
+        """Store the batch's true labels (output layer): int class indices, an indicator
+        (dense or CSR) or an ActiveSet of the label ids (its ``indptr`` / ``indices``); used for
+        label forcing in the next training forward pass."""
+        if isinstance(target, ActiveSet) and not target.is_dense:
+            if target.n_neurons != self.n_out:
+                raise ValueError(f"targets of {target.n_neurons} labels, the layer has "
+                                 f"{self.n_out} outputs.")
+            self._targets = (np.ascontiguousarray(target.indptr, dtype=np.int64),
+                             np.ascontiguousarray(target.indices, dtype=np.int32))
+        elif sp.issparse(target):
             Y = sp.csr_matrix(target)
             self._targets = (Y.indptr.astype(np.int64), Y.indices.astype(np.int32))
         else:
