@@ -584,7 +584,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     cdef int bad_rows = 0, bad_entries = 0
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
-        for s in prange(nt, schedule="dynamic", chunksize=16):
+        for s in prange(nt, schedule="dynamic", chunksize=64):
             if s + _ROWS_AHEAD < nt:
                 ra = rows[s + _ROWS_AHEAD]
                 if 0 <= ra < n_rows:
@@ -680,7 +680,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     cdef int bad_rows = 0, bad_entries = 0
     with nogil, parallel(num_threads=n_threads):
         g = <float*> malloc((d if d > 0 else 1) * sizeof(float))
-        for s in prange(nt, schedule="dynamic", chunksize=16):
+        for s in prange(nt, schedule="dynamic", chunksize=64):
             if s + _ROWS_AHEAD < nt:
                 ra = rows[s + _ROWS_AHEAD]
                 if 0 <= ra < n_rows:
