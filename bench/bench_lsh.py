@@ -116,7 +116,8 @@ class _PhaseTimer:
     calls, so the phases add up to the timed section."""
 
     _PY = (("fastfire.nn.active", "ActiveSet", "from_data", "from_data (py)"),
-           ("fastfire.estimators._mlp_base", None, "_take_rows", "target rows (py)"),
+           ("fastfire.estimators._mlp_base", None, "_take_rows", "batch rows (py)"),
+           ("fastfire.estimators._mlp_base", "_CSRRowGatherer", "__call__", "batch rows (py)"),
            ("fastfire.nn.lsh", "LSHLayer", "set_targets", "set_targets (py)"),
            ("fastfire.nn.lsh", "LSHLayer", "query", "query glue (py)"),
            ("fastfire.nn.lsh", "LSH", "after_update", "after_update (py)"),
@@ -134,7 +135,8 @@ class _PhaseTimer:
         for name in core:
             mod = importlib.import_module(name)
             for attr, fn in vars(mod).items():
-                if (callable(fn) and type(fn).__name__ == "cython_function_or_method"
+                if (callable(fn) and type(fn).__name__ in ("cython_function_or_method",
+                                                           "fused_cython_function")
                         and not attr.startswith("_")):
                     kernels[id(fn)] = (attr, fn)
         users = ("fastfire.nn.lsh", "fastfire.nn.layers", "fastfire.nn.losses",
