@@ -148,8 +148,10 @@ class _PhaseTimer:
                     self._patch(mod, attr, self._wrap(fn, kernels[id(fn)][0]))
         for name, cls, attr, label in self._PY:
             owner = importlib.import_module(name)
-            owner = getattr(owner, cls) if cls else owner
-            fn = vars(owner)[attr]
+            owner = getattr(owner, cls, None) if cls else owner
+            fn = vars(owner).get(attr) if owner is not None else None
+            if fn is None:            # older code (a profile of another checkout)
+                continue
             wrapped = self._wrap(fn.__func__ if isinstance(fn, classmethod) else fn, label)
             self._patch(owner, attr, classmethod(wrapped) if isinstance(fn, classmethod) else wrapped)
 
