@@ -386,7 +386,7 @@ class LSHLayer:
 
     def _buffer(self, name, shape, dtype):
         """A work array of ``shape`` viewed on a grow-only buffer (no allocation per batch)."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.size < size or buf.dtype != dtype:
             buf = np.empty(max(size, 1), dtype=dtype)
