@@ -418,11 +418,11 @@ def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
                     break
                 if delta[e] != 0:
                     ff_vec_axpy(d, delta[e], &Wt[r, 0], acc + smp * d)
-    with nogil:
-        if team > 1:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                for k in range(team - 1):
-                    ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
+        # after the loop's barrier every accumulator is complete: summed in the same region
+        # (one parallel region less per step)
+        for i in prange(n, schedule="static"):
+            for k in range(teamp[0] - 1):
+                ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
     if bad:
         raise ValueError("active_input_grad_rows: rows or entries out of range were skipped.")
 
