@@ -16,6 +16,9 @@ Subcommands (each prints a markdown table and writes JSON under bench/out/):
                 dense seconds per batch (extrapolated per epoch), peak memory
     rebuild     one table rebuild of a --labels-wide output layer (default LSH()): milliseconds
                 per rebuild and per phase (hashing, bucketing), median of --repeats
+    profile     per-phase microseconds per training batch of ``throughput``'s problem, every
+                compiled kernel and the estimator's per-batch Python timed in the real ``fit``,
+                the thread counts in turn round by round
 
 Run every timing under the shared lock so benchmarks do not overlap:
 
@@ -107,6 +110,120 @@ def cmd_throughput(args):
               f"(ratio of medians); per round {[round(r, 2) for r in ratios]}, "
               f"median {np.median(ratios):.2f}x")
     return rows
+
+
+class _PhaseTimer:
+    """Exclusive seconds per phase: every compiled kernel the training loop calls (wrapped where
+    the Python modules look it up) and a few Python steps; a phase's time excludes the phases it
+    calls, so the phases add up to the timed section."""
+
+    _PY = (("fastfire.nn.active", "ActiveSet", "from_data", "from_data (py)"),
+           ("fastfire.estimators._mlp_base", None, "_take_rows", "batch rows (py)"),
+           ("fastfire.estimators._mlp_base", "_CSRRowGatherer", "__call__", "batch rows (py)"),
+           ("fastfire.nn.lsh", "LSHLayer", "set_targets", "set_targets (py)"),
+           ("fastfire.nn.lsh", "LSHLayer", "query", "query glue (py)"),
+           ("fastfire.nn.lsh", "LSH", "after_update", "after_update (py)"),
+           ("fastfire.nn.optimizers", "Adam", "step", "optimizer glue (py)"))
+
+    def __init__(self):
+        import importlib
+
+        self.acc = {}
+        self._stack = []
+        self._undo = []
+        core = ("fastfire._core._active", "fastfire._core._lsh", "fastfire._core._dense",
+                "fastfire._core._optim", "fastfire._core._loss")
+        kernels = {}
+        for name in core:
+            mod = importlib.import_module(name)
+            for attr, fn in vars(mod).items():
+                if (callable(fn) and type(fn).__name__ in ("cython_function_or_method",
+                                                           "fused_cython_function")
+                        and not attr.startswith("_")):
+                    kernels[id(fn)] = (attr, fn)
+        users = ("fastfire.nn.lsh", "fastfire.nn.layers", "fastfire.nn.losses",
+                 "fastfire.nn.optimizers", "fastfire.estimators._mlp_base") + core
+        for name in users:
+            mod = importlib.import_module(name)
+            for attr, fn in list(vars(mod).items()):
+                if id(fn) in kernels:
+                    self._patch(mod, attr, self._wrap(fn, kernels[id(fn)][0]))
+        for name, cls, attr, label in self._PY:
+            owner = importlib.import_module(name)
+            owner = getattr(owner, cls, None) if cls else owner
+            fn = vars(owner).get(attr) if owner is not None else None
+            if fn is None:            # older code (a profile of another checkout)
+                continue
+            wrapped = self._wrap(fn.__func__ if isinstance(fn, classmethod) else fn, label)
+            self._patch(owner, attr, classmethod(wrapped) if isinstance(fn, classmethod) else wrapped)
+
+    def _patch(self, owner, attr, new):
+        self._undo.append((owner, attr, vars(owner)[attr]))
+        setattr(owner, attr, new)
+
+    def _wrap(self, fn, label):
+        clock, stack, acc = time.perf_counter, self._stack, self.acc
+
+        def timed(*a, **kw):
+            stack.append(0.0)
+            t = clock()
+            try:
+                return fn(*a, **kw)
+            finally:
+                dt = clock() - t
+                inner = stack.pop()
+                acc[label] = acc.get(label, 0.0) + dt - inner
+                if stack:
+                    stack[-1] += dt
+        return timed
+
+    def restore(self):
+        for owner, attr, old in reversed(self._undo):
+            setattr(owner, attr, old)
+
+
+def cmd_profile(args):
+    """Per-phase microseconds per batch of ``throughput``'s training (one model per thread
+    count, warmed up, then one epoch per thread count in turn, ``--repeats`` rounds). "rest
+    (py)" is the epoch minus every timed phase: the training loop's remaining Python."""
+    X, Y = _problem(args.samples, args.features, args.labels)
+    models, per = {}, {threads: [] for threads in args.threads}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for threads in args.threads:
+            models[threads] = _clf(_lsh_selection(args), args, threads, warm_start=True)
+            models[threads].fit(X[:2000], Y[:2000])
+        n_batches = -(-X.shape[0] // args.batch_size)
+        for _ in range(args.repeats):
+            for threads in args.threads:
+                timer = _PhaseTimer()
+                try:
+                    tic = time.perf_counter()
+                    models[threads].fit(X, Y)
+                    total = time.perf_counter() - tic
+                finally:
+                    timer.restore()
+                us = {k: v / n_batches * 1e6 for k, v in timer.acc.items()}
+                us["rest (py)"] = total / n_batches * 1e6 - sum(us.values())
+                us["total"] = total / n_batches * 1e6
+                per[threads].append(us)
+    phases = sorted({k for runs in per.values() for run in runs for k in run},
+                    key=lambda k: -np.median([r.get(k, 0.0) for r in per[args.threads[0]]]))
+    phases.remove("total")
+    phases.append("total")
+    med = {t: {k: float(np.median([r.get(k, 0.0) for r in per[t]])) for k in phases}
+           for t in args.threads}
+    print("| phase | " + " | ".join(f"{t} thr (us/batch)" for t in args.threads)
+          + (f" | {args.threads[0]} / {args.threads[-1]} |" if len(args.threads) > 1 else " |"))
+    print("|---" * (len(args.threads) + 1 + (len(args.threads) > 1)) + "|")
+    for k in phases:
+        cells = " | ".join(f"{med[t][k]:,.0f}" for t in args.threads)
+        ratio = ""
+        if len(args.threads) > 1:
+            last = med[args.threads[-1]][k]
+            ratio = f" | {med[args.threads[0]][k] / last:.2f}" if last > 0 else " | -"
+        print(f"| {k} | {cells}{ratio} |", flush=True)
+    return [dict(threads=t, us_per_batch=med[t], rounds=per[t]) for t in args.threads]
 
 
 def cmd_accuracy(args):
@@ -333,7 +450,7 @@ def cmd_rebuild(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["throughput", "accuracy", "real", "auto",
-                                            "candidates", "xc670k", "rebuild"])
+                                            "candidates", "xc670k", "rebuild", "profile"])
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--features", type=int, default=50000)

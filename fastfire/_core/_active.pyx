@@ -143,6 +143,8 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
                               const int64_t[::1] t_indptr,   # IN (>= n_touched + 1,)
                               const int64_t[::1] t_entries,  # IN entries grouped by row slot
                               const int32_t[::1] entry_sample,  # IN (nnz,)
+                              const int64_t[::1] entry_pos,  # IN (nnz,) inverse of t_entries
+                              float[::1] by_slot,            # SCRATCH (len(t_entries),)
                               float[::1] out,                # OUT (nnz,)
                               int act=0, int n_threads=1):
     """:func:`active_forward_dense` computed row by row: parallel over the touched rows (the
@@ -153,23 +155,32 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
     for bit, as the sample-major kernel. When a batch touches each row several times (20K
     labels, ~1,000 active per sample: ~6 entries per row) the sample-major pass reads every
     weight row that many times.
+
+    The values are first written in slot order (``by_slot[q]`` for ``e = t_entries[q]``: each
+    thread's rows fill one contiguous run) and then gathered into the sample-major ``out``
+    (``out[e] = by_slot[entry_pos[e]]``, contiguous runs of ``e`` per thread). Written
+    straight to ``out[e]``, the entries of neighbouring rows land in the same cache lines of
+    ``out`` from both threads (false sharing: a row's entries belong to random samples).
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], nt = rows.shape[0], nnz = out.shape[0]
     cdef Py_ssize_t n_out = Wt.shape[0], n_entries = t_entries.shape[0], s
-    cdef int64_t q, e
+    cdef int64_t q, e, p
     cdef int32_t r, ra, i
     cdef int bad = 0
+    cdef int* badp = &bad       # written inside the parallel block, read after it
     if Wt.shape[1] != d:
         raise ValueError(f"Wt has {Wt.shape[1]} inputs, X {d}.")
     if bias.shape[0] != n_out:
         raise ValueError(f"bias has {bias.shape[0]} entries, Wt {n_out} rows.")
-    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz:
-        raise ValueError("active_forward_rows_dense: t_indptr / entry_sample do not match.")
+    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz or entry_pos.shape[0] != nnz \
+            or by_slot.shape[0] != n_entries:
+        raise ValueError("active_forward_rows_dense: t_indptr / entry_sample / entry_pos / "
+                         "by_slot do not match.")
     _check_threads(n_threads)
-    if nt == 0:
+    if nt == 0 and nnz == 0:
         return
-    with nogil:
-        for s in prange(nt, schedule="dynamic", chunksize=16, num_threads=n_threads):
+    with nogil, parallel(num_threads=n_threads):
+        for s in prange(nt, schedule="dynamic", chunksize=16):
             if s + _PREFETCH_AHEAD < nt:
                 ra = rows[s + _PREFETCH_AHEAD]
                 if 0 <= ra < n_out:
@@ -178,21 +189,26 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
             r = rows[s]
             if r < 0 or r >= n_out or t_indptr[s] < 0 or t_indptr[s] > t_indptr[s + 1] \
                     or t_indptr[s + 1] > n_entries:
-                bad += 1
+                badp[0] = 1
                 continue
             for q in range(t_indptr[s], t_indptr[s + 1]):
                 e = t_entries[q]
                 if e < 0 or e >= nnz:
-                    bad += 1
+                    badp[0] = 1
                     break
                 i = entry_sample[e]
                 if i < 0 or i >= n:
-                    bad += 1
+                    badp[0] = 1
                     break
-                out[e] = _act(bias[r] + ff_vec_dot(&X[i, 0], &Wt[r, 0], d), act)
+                by_slot[q] = _act(bias[r] + ff_vec_dot(&X[i, 0], &Wt[r, 0], d), act)
+        for e in prange(nnz, schedule="static"):
+            p = entry_pos[e]
+            if p < 0 or p >= n_entries:
+                badp[0] = 1
+                continue
+            out[e] = by_slot[p]
     if bad:
-        raise ValueError(f"active_forward_rows_dense: {bad} rows or entries out of range were "
-                         "skipped.")
+        raise ValueError("active_forward_rows_dense: rows or entries out of range were skipped.")
 
 
 def active_forward_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
@@ -402,11 +418,11 @@ def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
                     break
                 if delta[e] != 0:
                     ff_vec_axpy(d, delta[e], &Wt[r, 0], acc + smp * d)
-    with nogil:
-        if team > 1:
-            for i in prange(n, schedule="static", num_threads=n_threads):
-                for k in range(team - 1):
-                    ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
+        # after the loop's barrier every accumulator is complete: summed in the same region
+        # (one parallel region less per step)
+        for i in prange(n, schedule="static"):
+            for k in range(teamp[0] - 1):
+                ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
     if bad:
         raise ValueError("active_input_grad_rows: rows or entries out of range were skipped.")
 
@@ -418,10 +434,12 @@ def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
                  int32_t[::1] slot,                     # OUT (nnz,) row slot of each entry
                  int64_t[::1] t_indptr,                 # OUT (>= n_touched + 1,)
                  int64_t[::1] t_entries,                # OUT (nnz,) entries grouped by slot
-                 int32_t[::1] entry_sample):            # OUT (nnz,) sample of each entry
+                 int32_t[::1] entry_sample,             # OUT (nnz,) sample of each entry
+                 int64_t[::1] entry_pos=None):          # OUT (nnz,) optional, see below
     """Distinct neurons of a batch in increasing id order and the slot-major transpose of the
     active entries (samples in increasing order within a slot): a counting sort by neuron id.
-    Sequential, O(nnz + n_out). Returns ``n_touched``.
+    Sequential, O(nnz + n_out). Returns ``n_touched``. ``entry_pos``, when given, receives the
+    inverse of ``t_entries``: ``t_entries[entry_pos[e]] == e``.
 
     The increasing order lets the kernels that then visit the touched rows (forward by rows,
     the optimizer's row pass, the input gradient by rows) sweep the weight and state arrays
@@ -438,6 +456,9 @@ def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
         raise ValueError("touched_rows: slot, t_entries and entry_sample need one entry per active entry.")
     if rows.shape[0] < min(nnz, n_out) or t_indptr.shape[0] < min(nnz, n_out) + 1:
         raise ValueError("touched_rows: rows / t_indptr are too short.")
+    if entry_pos is not None and entry_pos.shape[0] != nnz:
+        raise ValueError("touched_rows: entry_pos needs one entry per active entry.")
+    cdef int64_t* pos = &entry_pos[0] if entry_pos is not None and nnz else NULL
     for e in range(nnz):
         if idx[e] < 0 or idx[e] >= n_out:
             raise ValueError(f"touched_rows: neuron id {idx[e]} outside [0, {n_out}).")
@@ -469,6 +490,8 @@ def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
             mark[rows[s]] = <int32_t> t_indptr[s]     # fill cursor, reset below
         for e in range(nnz):
             t_entries[mark[idx[e]]] = e
+            if pos != NULL:
+                pos[e] = mark[idx[e]]
             mark[idx[e]] += 1
         for s in range(nt):
             mark[rows[s]] = -1

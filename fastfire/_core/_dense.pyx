@@ -10,7 +10,7 @@ from fastfire._core._openmp cimport MIN_ELEMENTS_PER_THREAD, MIN_MACS_PER_THREAD
 from cython.parallel cimport parallel, prange
 from libc.math cimport expf, tanhf
 from libc.stdlib cimport free, malloc
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 import numpy as np
@@ -542,6 +542,80 @@ def take_rows(const float[:, ::1] X,       # IN (n, p)
     with nogil:
         for i in prange(m, schedule="static", num_threads=n_threads):
             memcpy(&out[i, 0], &X[rows[i], 0], p * sizeof(float))
+
+
+ctypedef fused csr_offset:
+    int32_t
+    int64_t
+
+
+def take_csr_rows(const csr_offset[::1] indptr,   # IN (n + 1,) CSR matrix (n, p)
+                  const index_t[::1] indices,     # IN (nnz,)
+                  const float[::1] data,          # IN (nnz,)
+                  const int64_t[::1] rows,        # IN (m,) row ids in [0, n)
+                  offset_t[::1] out_indptr,       # OUT (m + 1,)
+                  index_t[::1] out_indices,       # OUT (>= nnz of the rows,)
+                  float[::1] out_data,            # OUT (>= nnz of the rows,)
+                  int n_threads=1):
+    """Rows ``rows`` of a CSR matrix: scipy's ``X[rows]`` into preallocated arrays (int64
+    offsets), the entries copied in parallel over rows.
+
+    Parameters
+    ----------
+    indptr : ndarray of shape (n + 1,), int32 or int64
+    indices : ndarray of int32
+    data : ndarray of float32
+        The CSR matrix (column ids are copied as they are, unsorted ones included).
+    rows : ndarray of shape (m,), int64
+        Row ids; every one, and the offsets of its row, are checked before anything is copied.
+    out_indptr : ndarray of shape (m + 1,), int64
+        Output row offsets, ``out_indptr[0] = 0``.
+    out_indices, out_data : ndarray of int32 / float32
+        Output entries; at least as long as the rows' entries together.
+    n_threads : int, default=1
+        Number of OpenMP threads.
+
+    Returns
+    -------
+    nnz : int
+        Entries written (``out_indptr[m]``).
+
+    Raises
+    ------
+    ValueError
+        When a row id or a row's offsets are out of range, or the outputs are too short.
+    """
+    cdef Py_ssize_t n = indptr.shape[0] - 1, m = rows.shape[0], nnz = indices.shape[0], i
+    cdef int64_t r, a, b
+    if out_indptr.shape[0] != m + 1:
+        raise ValueError(f"take_csr_rows: out_indptr has {out_indptr.shape[0]} entries, "
+                         f"expected len(rows) + 1 = {m + 1}.")
+    if data.shape[0] != nnz:
+        raise ValueError(f"take_csr_rows: data has {data.shape[0]} entries, indices {nnz}.")
+    out_indptr[0] = 0
+    for i in range(m):
+        r = rows[i]
+        if r < 0 or r >= n:
+            raise ValueError(f"take_csr_rows: rows[{i}] = {r} is outside [0, {n}).")
+        a = indptr[r]
+        b = indptr[r + 1]
+        if a < 0 or b < a or b > nnz:
+            raise ValueError(f"take_csr_rows: row {r} has offsets [{a}, {b}) outside [0, {nnz}].")
+        out_indptr[i + 1] = out_indptr[i] + (b - a)
+    if out_indices.shape[0] < out_indptr[m] or out_data.shape[0] < out_indptr[m]:
+        raise ValueError(f"take_csr_rows: the rows have {out_indptr[m]} entries; out_indices "
+                         f"and out_data hold {out_indices.shape[0]} and {out_data.shape[0]}.")
+    n_threads = threads_for(n_threads, out_indptr[m], MIN_ELEMENTS_PER_THREAD)
+    if out_indptr[m] == 0:
+        return 0
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=n_threads):
+            a = indptr[rows[i]]
+            b = indptr[rows[i] + 1]
+            if b > a:
+                memcpy(&out_indices[out_indptr[i]], &indices[a], (b - a) * sizeof(index_t))
+                memcpy(&out_data[out_indptr[i]], &data[a], (b - a) * sizeof(float))
+    return out_indptr[m]
 
 
 # --------------------------------------------------------------------------------------------

@@ -386,7 +386,7 @@ class LSHLayer:
 
     def _buffer(self, name, shape, dtype):
         """A work array of ``shape`` viewed on a grow-only buffer (no allocation per batch)."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.size < size or buf.dtype != dtype:
             buf = np.empty(max(size, 1), dtype=dtype)
@@ -700,9 +700,16 @@ class LSHLayer:
 
     # ---------------------------------------------------------------- selection
     def set_targets(self, target):
-        """Store the batch's true labels (output layer): int class indices or an indicator
-        (dense or CSR); used for label forcing in the next training forward pass."""
-        if sp.issparse(target):
+        """Store the batch's true labels (output layer): int class indices, an indicator
+        (dense or CSR) or an ActiveSet of the label ids (its ``indptr`` / ``indices``); used for
+        label forcing in the next training forward pass."""
+        if isinstance(target, ActiveSet) and not target.is_dense:
+            if target.n_neurons != self.n_out:
+                raise ValueError(f"targets of {target.n_neurons} labels, the layer has "
+                                 f"{self.n_out} outputs.")
+            self._targets = (np.ascontiguousarray(target.indptr, dtype=np.int64),
+                             np.ascontiguousarray(target.indices, dtype=np.int32))
+        elif sp.issparse(target):
             Y = sp.csr_matrix(target)
             self._targets = (Y.indptr.astype(np.int64), Y.indices.astype(np.int32))
         else:
@@ -801,10 +808,13 @@ class LSHLayer:
             # for all its entries, the backward sums each gradient row from them
             self._touched = self._touched_rows(active)
             nt, rows, _, t_indptr, t_entries, entry_sample = self._touched
-            values = np.empty(active.indices.shape[0], dtype=np.float32)
+            nnz = active.indices.shape[0]
+            values = np.empty(nnz, dtype=np.float32)
             _active.active_forward_rows_dense(inputs.values, self.Wt, self.intercept, rows[:nt],
-                                              t_indptr, t_entries, entry_sample, values,
-                                              self._act_code, n_threads)
+                                              t_indptr, t_entries, entry_sample,
+                                              self._buffer("entry_pos", (nnz,), np.int64),
+                                              self._buffer("by_slot", (nnz,), np.float32),
+                                              values, self._act_code, n_threads)
             out = ActiveSet(values, self.n_out, indptr=active.indptr, indices=active.indices)
         else:
             out = self.forward_active(inputs, active, n_threads)
@@ -817,7 +827,8 @@ class LSHLayer:
 
     def _touched_rows(self, active):
         """``_active.touched_rows`` of an active set on the layer's buffers: ``(n_touched, rows,
-        slot, t_indptr, t_entries, entry_sample)``."""
+        slot, t_indptr, t_entries, entry_sample)``; the inverse of ``t_entries`` goes to the
+        ``entry_pos`` buffer."""
         nnz = active.indices.shape[0]
         m = min(nnz, self.n_out)
         rows = self._buffer("rows", (m,), np.int32)
@@ -826,7 +837,8 @@ class LSHLayer:
         t_entries = self._buffer("t_entries", (nnz,), np.int64)
         entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
         nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
-                                  t_indptr, t_entries, entry_sample)
+                                  t_indptr, t_entries, entry_sample,
+                                  self._buffer("entry_pos", (nnz,), np.int64))
         return nt, rows, slot, t_indptr, t_entries, entry_sample
 
     def forward_active(self, inputs, active, n_threads):

@@ -275,28 +275,38 @@ def test_row_kernels_at_every_vector_width(d):
 def test_forward_by_rows_equals_forward_by_samples(problem, n_threads, act):
     rng, X, Wt, b, indptr, idx = problem
     m, nnz = Wt.shape[0], idx.size
+    idx = rng.permutation(idx)                      # a sample's neurons in any order
     rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
     t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
-    es = np.empty(nnz, np.int32)
+    es, pos = np.empty(nnz, np.int32), np.empty(nnz, np.int64)
     nt = _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
-                              t_entries, es)
+                              t_entries, es, pos)
     by_samples = np.empty(nnz, np.float32)
     _active.active_forward_dense(X, Wt, b, indptr, idx, by_samples, act, n_threads)
     by_rows = np.full(nnz, np.nan, np.float32)
-    _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr, t_entries, es, by_rows,
-                                      act, n_threads)
+    by_slot = np.full(nnz, np.nan, np.float32)
+    _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr, t_entries, es, pos, by_slot,
+                                      by_rows, act, n_threads)
     np.testing.assert_array_equal(by_rows, by_samples)
+    np.testing.assert_array_equal(by_slot, by_samples[t_entries])
     bad_rows = rows[:nt].copy()
     bad_rows[0] = m
     bad_entries = t_entries.copy()
     bad_entries[0] = nnz
-    for args in ((bad_rows, t_indptr, t_entries, es), (rows[:nt], t_indptr, bad_entries, es),
-                 (rows[:nt], t_indptr, t_entries, np.full(nnz, X.shape[0], np.int32))):
+    bad_pos = pos.copy()
+    bad_pos[-1] = nnz
+    for args in ((bad_rows, t_indptr, t_entries, es, pos),
+                 (rows[:nt], t_indptr, bad_entries, es, pos),
+                 (rows[:nt], t_indptr, t_entries, np.full(nnz, X.shape[0], np.int32), pos),
+                 (rows[:nt], t_indptr, t_entries, es, bad_pos)):
         with pytest.raises(ValueError, match="out of range"):
-            _active.active_forward_rows_dense(X, Wt, b, *args, by_rows, act, n_threads)
+            _active.active_forward_rows_dense(X, Wt, b, *args, by_slot, by_rows, act, n_threads)
     with pytest.raises(ValueError, match="do not match"):
         _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr[:nt], t_entries, es,
-                                          by_rows, act, n_threads)
+                                          pos, by_slot, by_rows, act, n_threads)
+    with pytest.raises(ValueError, match="do not match"):
+        _active.active_forward_rows_dense(X, Wt, b, rows[:nt], t_indptr, t_entries, es, pos,
+                                          by_slot[:-1], by_rows, act, n_threads)
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
@@ -338,8 +348,11 @@ def test_touched_rows_is_a_counting_sort_by_neuron(problem):
     rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
     t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
     es = np.empty(nnz, np.int32)
-    nt = _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
+    pos = np.empty(nnz, np.int64)
+    nt = _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es, pos)
     np.testing.assert_array_equal(rows[:nt], np.unique(idx))          # increasing ids
+    np.testing.assert_array_equal(t_entries, np.argsort(idx, kind="stable"))
+    np.testing.assert_array_equal(t_entries[pos], np.arange(nnz))     # the inverse
     np.testing.assert_array_equal(rows[slot], idx)
     np.testing.assert_array_equal(es, np.repeat(np.arange(X.shape[0]), np.diff(indptr)))
     for s in range(nt):
@@ -352,3 +365,6 @@ def test_touched_rows_is_a_counting_sort_by_neuron(problem):
     with pytest.raises(ValueError, match="outside"):
         _active.touched_rows(indptr, np.full(nnz, m, np.int32), np.full(m, -1, np.int32), rows,
                              slot, t_indptr, t_entries, es)
+    with pytest.raises(ValueError, match="entry_pos"):
+        _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
+                             t_entries, es, pos[:-1])

@@ -318,3 +318,44 @@ def test_take_rows_rejects_bad_ids_and_shapes_before_writing():
     assert not out.any()
     with pytest.raises(ValueError, match="expected"):
         _dense.take_rows(X, np.array([0], np.int64), out)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("offsets", [np.int32, np.int64])
+def test_take_csr_rows_matches_scipy(n_threads, offsets):
+    rng = np.random.default_rng(5)
+    X = sp.random(40, 30, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    X.indptr = X.indptr.astype(offsets)
+    rows = rng.integers(0, 40, 500).astype(np.int64)   # repeats; enough entries for threads
+    rows[:3] = [7, 7, 0]
+    ref = X[rows]
+    out_indptr = np.empty(rows.size + 1, np.int64)
+    out_indices = np.full(ref.nnz + 5, -1, np.int32)
+    out_data = np.full(ref.nnz + 5, np.nan, np.float32)
+    nnz = _dense.take_csr_rows(X.indptr, X.indices, X.data, rows, out_indptr, out_indices,
+                               out_data, n_threads)
+    assert nnz == ref.nnz
+    np.testing.assert_array_equal(out_indptr, ref.indptr)
+    np.testing.assert_array_equal(out_indices[:nnz], ref.indices)
+    np.testing.assert_array_equal(out_data[:nnz], ref.data)
+    assert (out_indices[nnz:] == -1).all()             # nothing written past the rows
+    assert _dense.take_csr_rows(X.indptr, X.indices, X.data, rows[:0], out_indptr[:1],
+                                out_indices, out_data, n_threads) == 0
+
+
+def test_take_csr_rows_rejects_bad_rows_offsets_and_short_outputs():
+    X = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    args = (np.empty(3, np.int64), np.empty(4, np.int32), np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="outside"):
+        _dense.take_csr_rows(X.indptr, X.indices, X.data, np.array([0, 4], np.int64), *args)
+    with pytest.raises(ValueError, match="outside"):
+        _dense.take_csr_rows(X.indptr, X.indices, X.data, np.array([-1, 0], np.int64), *args)
+    bad = X.indptr.copy()
+    bad[2] = 9
+    with pytest.raises(ValueError, match="offsets"):
+        _dense.take_csr_rows(bad, X.indices, X.data, np.array([1, 0], np.int64), *args)
+    with pytest.raises(ValueError, match="hold"):
+        _dense.take_csr_rows(X.indptr, X.indices, X.data, np.array([1, 0], np.int64),
+                             args[0], args[1][:1], args[2])
+    with pytest.raises(ValueError, match="out_indptr"):
+        _dense.take_csr_rows(X.indptr, X.indices, X.data, np.array([1], np.int64), *args)

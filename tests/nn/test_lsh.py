@@ -61,6 +61,19 @@ def test_training_active_set_labels_first_budget_and_min_active():
     assert net.forward(ActiveSet.from_dense(X), 1)[-1].is_dense
 
 
+def test_targets_as_an_active_set_of_label_ids_equal_csr_targets():
+    net, _, _ = _net(n_out=200, selectors=["dense", LSH(k=3, l=4, random_state=1)])
+    Y = sp.random(16, 200, density=0.02, format="csr", random_state=2, dtype=np.float32)
+    layer = net.layers[-1]
+    layer.set_targets(Y)
+    ref = layer._targets
+    layer.set_targets(ActiveSet.from_csr(Y))
+    for got, want in zip(layer._targets, ref):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="labels"):
+        layer.set_targets(ActiveSet.from_csr(sp.csr_matrix((16, 150), dtype=np.float32)))
+
+
 def test_no_label_forcing_when_disabled():
     net, _, _ = _net(n_out=100, selectors=["dense", LSH(k=4, l=2, budget=0, label_forcing=False,
                                                           min_active=0, random_state=1)])
