@@ -62,6 +62,9 @@ def workloads(dataset, hidden, batch_size, epochs):
     C_wide = np.empty((batch_size, 128), np.float32)
     p = rng.random(1 << 20, dtype=np.float32)
     g, m, v = (rng.random(1 << 20, dtype=np.float32) for _ in range(3))
+    # Adam over arrays that fit the L3 cache or not: how a memory-bound pass scales here
+    mid = [np.full(20_000 * 128, x, np.float32) for x in (1.0, 1e-3, 0.0, 0.0)]
+    big = [np.full(25_000_000, x, np.float32) for x in (1.0, 1e-3, 0.0, 0.0)]
 
     def epoch(n):
         clf = fastfire.MLPClassifier((hidden,), batch_size=batch_size, max_iter=epochs,
@@ -81,6 +84,10 @@ def workloads(dataset, hidden, batch_size, epochs):
                                          W_wide, C_wide, 0.0, n) for _ in range(200)],
         "adam_step 1M parameters":
             lambda n: [_optim.adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, n) for _ in range(50)],
+        "adam_step 2.56M parameters (a 20K x 128 layer: 41 MB)":
+            lambda n: [_optim.adam_step(*mid, 1e-3, 0.9, 0.999, 1e-8, 0.0, n) for _ in range(20)],
+        "adam_step 25M parameters (400 MB: memory bound)":
+            lambda n: [_optim.adam_step(*big, 1e-3, 0.9, 0.999, 1e-8, 0.0, n) for _ in range(3)],
     }
 
 
@@ -90,6 +97,8 @@ def _measure(args, threads, table):
         work = workloads(args.dataset, args.hidden, args.batch_size, args.epochs)
         if args.only_fit:
             work = dict(list(work.items())[:1])
+        elif args.only_kernels:
+            work = dict(list(work.items())[1:])
         for name, fn in work.items():
             table[name] = _median_times(fn, threads, args.repeats)
             base = table[name][threads[0]]
@@ -112,6 +121,7 @@ def main(argv=None):
     parser.add_argument("--competing-load", type=int, default=0, metavar="K",
                         help="run K busy-loop processes meanwhile (a machine busy with other work)")
     parser.add_argument("--only-fit", action="store_true", help="time the training epoch only")
+    parser.add_argument("--only-kernels", action="store_true", help="time the kernels only")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
 
