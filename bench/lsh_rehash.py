@@ -48,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--schedules", default="auto,fixed2048-full,decay-full",
                         help=f"comma-separated, of {', '.join(SCHEDULES)}")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random_state of the model and of the LSH selector")
     parser.add_argument("--samples", type=int, default=None,
                         help="train on the first this many rows only")
     parser.add_argument("--test-samples", type=int, default=None,
@@ -75,9 +77,11 @@ def main(argv=None):
                 clf, done = pickle.load(f)
             clf.set_params(warm_start=True, max_iter=args.epochs)
         else:
-            selection = "dense" if params is None else [SparseInput(), LSH(random_state=0, **params)]
+            selection = "dense" if params is None else \
+                [SparseInput(), LSH(random_state=args.seed, **params)]
             clf = fastfire.MLPClassifier((128,), batch_size=128, max_iter=args.epochs,
-                                         random_state=0, n_jobs=args.threads, selection=selection)
+                                         random_state=args.seed, n_jobs=args.threads,
+                                         selection=selection)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = time.perf_counter()
