@@ -402,13 +402,16 @@ class BaseMLP(BaseEstimator):
                         "the optimization hasn't converged yet.", ConvergenceWarning,
                     )
 
-        if early_stopping and hasattr(self, "_best_coefs"):
+        restored = early_stopping and hasattr(self, "_best_coefs")
+        if restored:
             for param, best in zip(self.coefs_ + self.intercepts_, self._best_coefs + self._best_intercepts):
                 param[...] = best
         for layer in network.layers:
             # hash tables follow the final weights: approximate top-k then uses up-to-date
-            # tables, and a pickled or saved model (which rebuilds them) gets the same ones
-            if hasattr(layer, "build_tables"):
+            # tables, and a pickled or saved model (which rebuilds them) gets the same ones.
+            # Skipped when the schedule has just rebuilt them (fastfire train's partial_fit
+            # chunks of 2,048 rows at 670K labels: every chunk would rebuild twice).
+            if hasattr(layer, "build_tables") and (restored or not layer.tables_current()):
                 layer.build_tables(n_threads)
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, n_threads):

@@ -625,6 +625,9 @@ class LSHLayer:
                                          n_threads)
         self._tables = (offsets, ids)
         self.n_rebuilds = getattr(self, "n_rebuilds", 0) + 1
+        self.tables_step = self.step            # the tables follow the weights of this step
+        if hasattr(self, "upkeep"):
+            self.upkeep["since_rehash"] = 0     # the schedule counts from the last rebuild
 
     def _reused(self, array, shape, dtype):
         """``array`` (or the attribute of that name) when it has this shape and dtype, else a new
@@ -669,6 +672,11 @@ class LSHLayer:
         if P is None:
             P = cache[key] = np.ascontiguousarray(self.family["P"][:, cols])
         return P
+
+    def tables_current(self):
+        """True when the tables were built after the last training step (from these weights,
+        unless they were set from outside since, e.g. by early stopping)."""
+        return self._tables is not None and getattr(self, "tables_step", None) == self.step
 
     @property
     def tables(self):

@@ -203,3 +203,27 @@ def test_dense_selection_untouched_by_lsh_import(xc):
     clf = _fit(X[:200], Y[:200, :20], "dense", max_iter=1)
     assert all(c.flags.c_contiguous for c in clf.coefs_)
     assert [type(l).__name__ for l in clf._network.layers] == ["DenseLayer", "DenseLayer"]
+
+
+def test_end_of_fit_rebuild_only_when_the_tables_are_stale(xc):
+    # partial_fit rebuilds the tables from the final weights, unless the schedule has just
+    # done it: with calls of one rehash period (128 rows, batches of 64) each call rebuilds
+    # once, not twice; a call that ends between two scheduled rebuilds rebuilds at its end
+    # and the schedule then counts from there
+    X, Y, Xt, _ = xc
+    clf = MLPClassifier((32,), batch_size=64, random_state=0, n_jobs=1, selection=[
+        SparseInput(), _lsh(rehash="fixed", rehash_every=128)])
+    classes = np.arange(Y.shape[1])
+    clf.partial_fit(X[:128], Y[:128], classes=classes)
+    layer = clf._network.layers[-1]
+    rebuilds = layer.n_rebuilds
+    clf.partial_fit(X[128:256], Y[128:256])
+    assert layer.n_rebuilds == rebuilds + 1 and layer.tables_current()
+    clf.partial_fit(X[256:320], Y[256:320])                  # half a period: rebuilt at the end
+    assert layer.n_rebuilds == rebuilds + 2 and layer.tables_current()
+    assert layer.upkeep["since_rehash"] == 0
+    fresh = pickle.loads(pickle.dumps(clf))                 # rebuilds from the final weights
+    np.testing.assert_array_equal(fresh.predict_topk(Xt, 3, exact=False)[0],
+                                  clf.predict_topk(Xt, 3, exact=False)[0])
+    clf.partial_fit(X[320:448], Y[320:448])                  # one period after that rebuild
+    assert layer.n_rebuilds == rebuilds + 3 and layer.tables_current()
