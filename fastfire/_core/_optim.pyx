@@ -444,13 +444,39 @@ cdef inline void _prefetch_rows_w(float* a, float* b, float* c, Py_ssize_t d) no
         FF_OPTIM_PREFETCH_W(c + j)
 
 
-cdef inline int _row_grads(const float* w, float* acc, const float* X, Py_ssize_t n,
-                           Py_ssize_t d, const float* delta, Py_ssize_t nnz,
-                           const int64_t* t_entries, Py_ssize_t n_entries,
-                           const int32_t* entry_sample, int64_t q0, int64_t q1, float scale,
-                           float* g, float* b) noexcept nogil:
+cdef struct BatchEntries:
+    # the layer's batch as the fused row steps read it (see ``_batch_entries``)
+    const float* X             # (n, d) inputs
+    Py_ssize_t n
+    Py_ssize_t d
+    const float* delta         # (nnz,) per active entry
+    Py_ssize_t nnz
+    const int64_t* t_entries   # (n_entries,) entries grouped by row slot
+    Py_ssize_t n_entries
+    const int32_t* entry_sample  # (nnz,)
+    float scale
+
+
+cdef BatchEntries _batch_entries(const float[:, ::1] X, const float[::1] delta,
+                                 const int64_t[::1] t_entries, const int32_t[::1] entry_sample,
+                                 float scale):
+    """The pointers and sizes of a batch (NULL for empty arrays)."""
+    cdef BatchEntries b
+    b.n, b.d = X.shape[0], X.shape[1]
+    b.X = &X[0, 0] if b.n * b.d > 0 else NULL
+    b.nnz = delta.shape[0]
+    b.delta = &delta[0] if b.nnz else NULL
+    b.entry_sample = &entry_sample[0] if b.nnz else NULL
+    b.n_entries = t_entries.shape[0]
+    b.t_entries = &t_entries[0] if b.n_entries else NULL
+    b.scale = scale
+    return b
+
+
+cdef inline int _row_grads(const BatchEntries* b, const float* w, float* acc, int64_t q0,
+                           int64_t q1, float* g, float* gb) noexcept nogil:
     """One touched row's gradients from its entries ``e = t_entries[q0:q1]``, in that order:
-    ``g = scale * sum delta[e] * X[entry_sample[e]]`` and ``b = scale * sum delta[e]`` (the
+    ``g = scale * sum delta[e] * X[entry_sample[e]]`` and ``gb = scale * sum delta[e]`` (the
     arithmetic of ``_active.grad_rows_dense``, same bits) and, when ``acc`` is not NULL, the
     input gradient ``acc[entry_sample[e]] += delta[e] * w`` from the weight row ``w`` before
     its update (that of ``_active.active_input_grad_rows``). Returns 1, leaving the sums
@@ -458,23 +484,24 @@ cdef inline int _row_grads(const float* w, float* acc, const float* X, Py_ssize_
     cdef int64_t q, e
     cdef int32_t i
     cdef float bias_sum = 0.0
-    if q0 < 0 or q1 < q0 or q1 > n_entries:
+    cdef Py_ssize_t d = b.d
+    if q0 < 0 or q1 < q0 or q1 > b.n_entries:
         return 1
     if d:
         memset(g, 0, d * sizeof(float))
     for q in range(q0, q1):
-        e = t_entries[q]
-        if e < 0 or e >= nnz:
+        e = b.t_entries[q]
+        if e < 0 or e >= b.nnz:
             return 1
-        i = entry_sample[e]
-        if i < 0 or i >= n:
+        i = b.entry_sample[e]
+        if i < 0 or i >= b.n:
             return 1
-        bias_sum = bias_sum + scale * delta[e]
-        if d and delta[e] != 0:
-            ff_vec_axpy(d, scale * delta[e], X + i * d, g)
+        bias_sum = bias_sum + b.scale * b.delta[e]
+        if d and b.delta[e] != 0:
+            ff_vec_axpy(d, b.scale * b.delta[e], b.X + i * d, g)
             if acc != NULL:
-                ff_vec_axpy(d, delta[e], w, acc + i * d)
-    b[0] = bias_sum
+                ff_vec_axpy(d, b.delta[e], w, acc + i * d)
+    gb[0] = bias_sum
     return 0
 
 
@@ -497,26 +524,38 @@ cdef float* _input_grad_accumulator(bint wanted, float[:, ::1] input_grad,
     return acc
 
 
-cdef void _sum_input_grad(float[:, ::1] input_grad, float[:, :, ::1] partial, int team,
-                          int n_threads) noexcept nogil:
-    """Add the other threads' accumulators into ``input_grad``, in thread order."""
-    cdef Py_ssize_t i, n = input_grad.shape[0], d = input_grad.shape[1]
+def _sum_input_grad(float[:, ::1] input_grad, float[:, :, ::1] partial, int team,
+                    int n_threads):
+    """After the pass: add the other threads' accumulators into ``input_grad`` (when asked
+    for), in thread order."""
+    cdef Py_ssize_t i, n, d
     cdef int k
-    if team > 1 and n * d > 0:
-        for i in prange(n, schedule="static", num_threads=n_threads):
-            for k in range(team - 1):
-                ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
-
-
-def _check_input_grad(name, input_grad, partial, Py_ssize_t n, Py_ssize_t d, int n_threads):
-    """Shapes of the optional input-gradient outputs of the fused row steps."""
     if input_grad is None:
         return
+    n, d = input_grad.shape[0], input_grad.shape[1]
+    if team > 1 and n * d > 0:
+        with nogil:
+            for i in prange(n, schedule="static", num_threads=n_threads):
+                for k in range(team - 1):
+                    ff_vec_axpy(d, 1.0, &partial[k, i, 0], &input_grad[i, 0])
+
+
+def _fused_threads(name, input_grad, partial, Py_ssize_t n, Py_ssize_t d, Py_ssize_t nt,
+                   int n_threads):
+    """Check the optional input-gradient outputs of a fused row step and return its thread
+    count: ``n_threads`` when the input gradient is asked for (its sums follow the split of
+    the rows, as in ``_active.active_input_grad_rows``), else fewer for a small pass. With no
+    touched row the input gradient is zero."""
+    if input_grad is None:
+        return threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
     if input_grad.shape[0] != n or input_grad.shape[1] != d:
         raise ValueError(f"{name}: input_grad must be ({n}, {d}).")
     if n_threads > 1 and (partial is None or partial.shape[0] < n_threads - 1
                           or partial.shape[1] != n or partial.shape[2] != d):
         raise ValueError(f"{name}: partial must be (>= {n_threads - 1}, {n}, {d}).")
+    if nt == 0:
+        input_grad[...] = 0
+    return n_threads
 
 
 def _check_fused_rows(name, Py_ssize_t n_rows, Py_ssize_t d, param, states, bias, bias_states,
@@ -619,16 +658,12 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
         Sums of the squared weights and biases of the listed rows before the update.
     """
     cdef Py_ssize_t n_rows = param.shape[0], d = param.shape[1], nt = rows.shape[0]
-    cdef Py_ssize_t n = X.shape[0], nnz = delta.shape[0], n_entries = t_entries.shape[0]
+    cdef Py_ssize_t n = X.shape[0]
     _check_fused_rows("adam_step_grad_rows", n_rows, d, param, {"m": m, "v": v}, bias,
                       {"t": t, "bias_m": bias_m, "bias_v": bias_v, "bias_t": bias_t}, nt, X,
                       delta, t_indptr, t_entries, entry_sample)
-    _check_input_grad("adam_step_grad_rows", input_grad, partial, n, d, n_threads)
+    n_threads = _fused_threads("adam_step_grad_rows", input_grad, partial, n, d, nt, n_threads)
     cdef bint with_input_grad = input_grad is not None
-    if not with_input_grad:
-        n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
-    elif nt == 0:
-        input_grad[...] = 0
     if nt == 0:
         return 0.0, 0.0
     cdef float b1 = <float> beta_1, b2 = <float> beta_2
@@ -638,10 +673,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     cdef const float* sizes = &step_sizes[0] if n_sizes > 0 else NULL
     cdef double[::1] row_sums = np.zeros(nt)
     cdef double[::1] bias_sums = np.zeros(nt)
-    cdef const float* x0 = &X[0, 0] if n * d > 0 else NULL
-    cdef const float* dp = &delta[0] if nnz else NULL
-    cdef const int64_t* tp = &t_entries[0] if n_entries else NULL
-    cdef const int32_t* sp = &entry_sample[0] if nnz else NULL
+    cdef BatchEntries batch = _batch_entries(X, delta, t_entries, entry_sample, scale)
     cdef Py_ssize_t s
     cdef index_t r, ra
     cdef int64_t tr, q0, q1
@@ -670,8 +702,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
                 bad_rows += 1
                 continue
             gb = 0.0
-            if _row_grads(&param[r, 0], acc, x0, n, d, dp, nnz, tp, n_entries, sp, q0, q1, scale,
-                          g, &gb):
+            if _row_grads(&batch, &param[r, 0], acc, q0, q1, g, &gb):
                 bad_entries += 1
                 continue
             tr = t[r] + 1
@@ -686,8 +717,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
             bias_sums[s] = ff_adam_update(&bias[r], &gb, &bias_m[r], &bias_v[r], 1, lr_r, b1,
                                           b2, one_b1, one_b2, eps, bias_l2_f)
         free(g)
-    if with_input_grad:
-        _sum_input_grad(input_grad, partial, team, n_threads)
+    _sum_input_grad(input_grad, partial, team, n_threads)
     _raise_if_skipped("adam_step_grad_rows", bad_rows, bad_entries, n_rows)
     return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 
@@ -736,26 +766,19 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
         Sums of the squared weights and biases of the listed rows before the update.
     """
     cdef Py_ssize_t n_rows = param.shape[0], d = param.shape[1], nt = rows.shape[0]
-    cdef Py_ssize_t n = X.shape[0], nnz = delta.shape[0], n_entries = t_entries.shape[0]
+    cdef Py_ssize_t n = X.shape[0]
     _check_fused_rows("sgd_step_grad_rows", n_rows, d, param, {"velocity": velocity}, bias,
                       {"bias_velocity": bias_velocity}, nt, X, delta, t_indptr, t_entries,
                       entry_sample)
-    _check_input_grad("sgd_step_grad_rows", input_grad, partial, n, d, n_threads)
+    n_threads = _fused_threads("sgd_step_grad_rows", input_grad, partial, n, d, nt, n_threads)
     cdef bint with_input_grad = input_grad is not None
-    if not with_input_grad:
-        n_threads = threads_for(n_threads, nt * (d + 1), MIN_ELEMENTS_PER_THREAD)
-    elif nt == 0:
-        input_grad[...] = 0
     if nt == 0:
         return 0.0, 0.0
     cdef float lr_f = <float> lr, mom = <float> momentum
     cdef float l2_f = <float> l2, bias_l2_f = <float> bias_l2
     cdef double[::1] row_sums = np.zeros(nt)
     cdef double[::1] bias_sums = np.zeros(nt)
-    cdef const float* x0 = &X[0, 0] if n * d > 0 else NULL
-    cdef const float* dp = &delta[0] if nnz else NULL
-    cdef const int64_t* tp = &t_entries[0] if n_entries else NULL
-    cdef const int32_t* sp = &entry_sample[0] if nnz else NULL
+    cdef BatchEntries batch = _batch_entries(X, delta, t_entries, entry_sample, scale)
     cdef Py_ssize_t s
     cdef index_t r, ra
     cdef int64_t q0, q1
@@ -783,8 +806,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
                 bad_rows += 1
                 continue
             gb = 0.0
-            if _row_grads(&param[r, 0], acc, x0, n, d, dp, nnz, tp, n_entries, sp, q0, q1, scale,
-                          g, &gb):
+            if _row_grads(&batch, &param[r, 0], acc, q0, q1, g, &gb):
                 bad_entries += 1
                 continue
             if d:
@@ -793,8 +815,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
             bias_sums[s] = _sgd_update(&bias[r], &gb, &bias_velocity[r], 1, lr_f, mom, nesterov,
                                        bias_l2_f)
         free(g)
-    if with_input_grad:
-        _sum_input_grad(input_grad, partial, team, n_threads)
+    _sum_input_grad(input_grad, partial, team, n_threads)
     _raise_if_skipped("sgd_step_grad_rows", bad_rows, bad_entries, n_rows)
     return _ordered_sum(row_sums), _ordered_sum(bias_sums)
 
