@@ -23,7 +23,8 @@ slot-major transpose of the entries (samples in increasing order). :func:`grad_r
 
 from cython.parallel cimport parallel, prange
 from libc.math cimport expf, log1pf, logf, tanhf
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from fastfire._core._openmp cimport omp_get_num_threads, omp_get_thread_num
@@ -142,7 +143,7 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
                               const int32_t[::1] rows,       # IN (n_touched,) distinct ids
                               const int64_t[::1] t_indptr,   # IN (>= n_touched + 1,)
                               const int64_t[::1] t_entries,  # IN entries grouped by row slot
-                              const int32_t[::1] entry_sample,  # IN (nnz,)
+                              const int32_t[::1] t_sample,   # IN (n_entries,) sample of t_entries[q]
                               const int64_t[::1] entry_pos,  # IN (nnz,) inverse of t_entries
                               float[::1] by_slot,            # SCRATCH (len(t_entries),)
                               float[::1] out,                # OUT (nnz,)
@@ -150,8 +151,8 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
     """:func:`active_forward_dense` computed row by row: parallel over the touched rows (the
     layout of :func:`touched_rows`), each weight row read once for all its entries.
 
-    ``out[e] = act(bias[r] + Wt[r] . X[entry_sample[e]])`` for every entry ``e`` of row
-    ``r = rows[s]``, ``e`` in ``t_entries[t_indptr[s]:t_indptr[s + 1]]``: the same values, bit
+    ``out[e] = act(bias[r] + Wt[r] . X[t_sample[q]])`` for every entry ``e = t_entries[q]`` of
+    row ``r = rows[s]``, ``q`` in ``t_indptr[s]:t_indptr[s + 1]``: the same values, bit
     for bit, as the sample-major kernel. When a batch touches each row several times (20K
     labels, ~1,000 active per sample: ~6 entries per row) the sample-major pass reads every
     weight row that many times.
@@ -172,9 +173,9 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
         raise ValueError(f"Wt has {Wt.shape[1]} inputs, X {d}.")
     if bias.shape[0] != n_out:
         raise ValueError(f"bias has {bias.shape[0]} entries, Wt {n_out} rows.")
-    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz or entry_pos.shape[0] != nnz \
+    if t_indptr.shape[0] < nt + 1 or t_sample.shape[0] != n_entries or entry_pos.shape[0] != nnz \
             or by_slot.shape[0] != n_entries:
-        raise ValueError("active_forward_rows_dense: t_indptr / entry_sample / entry_pos / "
+        raise ValueError("active_forward_rows_dense: t_indptr / t_sample / entry_pos / "
                          "by_slot do not match.")
     _check_threads(n_threads)
     if nt == 0 and nnz == 0:
@@ -196,7 +197,7 @@ def active_forward_rows_dense(const float[:, ::1] X,         # IN (n, n_in)
                 if e < 0 or e >= nnz:
                     badp[0] = 1
                     break
-                i = entry_sample[e]
+                i = t_sample[q]
                 if i < 0 or i >= n:
                     badp[0] = 1
                     break
@@ -359,7 +360,7 @@ def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
                            const int32_t[::1] rows,           # IN (n_touched,) distinct ids
                            const int64_t[::1] t_indptr,       # IN (>= n_touched + 1,)
                            const int64_t[::1] t_entries,      # IN entries grouped by row slot
-                           const int32_t[::1] entry_sample,   # IN (nnz,)
+                           const int32_t[::1] t_sample,       # IN (n_entries,)
                            float[:, ::1] input_grad,          # OUT (n, n_in)
                            float[:, :, ::1] partial,          # SCRATCH (>= n_threads - 1, n, n_in)
                            int n_threads=1):
@@ -383,8 +384,8 @@ def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
     cdef float* acc
     if Wt.shape[1] != d:
         raise ValueError(f"Wt has {Wt.shape[1]} inputs, input_grad {d}.")
-    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != nnz:
-        raise ValueError("active_input_grad_rows: t_indptr / entry_sample do not match.")
+    if t_indptr.shape[0] < nt + 1 or t_sample.shape[0] != n_entries:
+        raise ValueError("active_input_grad_rows: t_indptr / t_sample do not match.")
     _check_threads(n_threads)
     if n_threads > 1 and (partial.shape[0] < n_threads - 1 or partial.shape[1] != n
                           or partial.shape[2] != d):
@@ -412,7 +413,7 @@ def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
                 if e < 0 or e >= nnz:
                     badp[0] = 1
                     break
-                smp = entry_sample[e]
+                smp = t_sample[q]
                 if smp < 0 or smp >= n:
                     badp[0] = 1
                     break
@@ -427,6 +428,20 @@ def active_input_grad_rows(const float[::1] delta,            # IN (nnz,)
         raise ValueError("active_input_grad_rows: rows or entries out of range were skipped.")
 
 
+cdef inline Py_ssize_t _sample_of(const int64_t[::1] indptr, Py_ssize_t n,
+                                  int64_t e) noexcept nogil:
+    """The sample whose entries ``indptr[i]:indptr[i + 1]`` hold entry ``e`` (the first such
+    sample when some are empty; ``n`` when ``e`` is past the end): a binary search."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:                                  # first i with indptr[i + 1] > e
+        mid = (lo + hi) // 2
+        if indptr[mid + 1] > e:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
                  const int32_t[::1] idx,                # IN (nnz,)
                  int32_t[::1] mark,                     # SCRATCH (n_out,) all -1 in and out
@@ -434,68 +449,160 @@ def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
                  int32_t[::1] slot,                     # OUT (nnz,) row slot of each entry
                  int64_t[::1] t_indptr,                 # OUT (>= n_touched + 1,)
                  int64_t[::1] t_entries,                # OUT (nnz,) entries grouped by slot
-                 int32_t[::1] entry_sample,             # OUT (nnz,) sample of each entry
-                 int64_t[::1] entry_pos=None):          # OUT (nnz,) optional, see below
+                 int32_t[::1] t_sample,                 # OUT (nnz,) sample of t_entries[q]
+                 int64_t[::1] entry_pos=None,           # OUT (nnz,) optional, see below
+                 int32_t[:, ::1] counts=None,           # SCRATCH (n_blocks, n_out) 0 in and out
+                 int n_threads=1):
     """Distinct neurons of a batch in increasing id order and the slot-major transpose of the
-    active entries (samples in increasing order within a slot): a counting sort by neuron id.
-    Sequential, O(nnz + n_out). Returns ``n_touched``. ``entry_pos``, when given, receives the
-    inverse of ``t_entries``: ``t_entries[entry_pos[e]] == e``.
+    active entries (samples in increasing order within a slot): a counting sort by neuron id,
+    O(nnz + n_blocks * n_out). Returns ``n_touched``.
+
+    Row ``rows[s]`` has the entries ``e = t_entries[q]`` for ``q`` in
+    ``t_indptr[s]:t_indptr[s + 1]``, of the samples ``t_sample[q]`` (in that order, so the
+    kernels that walk a row's entries find their input rows without a lookup by ``e``);
+    ``slot[e]`` is the slot of entry ``e``. ``entry_pos``, when given, receives the inverse of
+    ``t_entries``: ``t_entries[entry_pos[e]] == e``.
 
     The increasing order lets the kernels that then visit the touched rows (forward by rows,
     the optimizer's row pass, the input gradient by rows) sweep the weight and state arrays
     forward instead of jumping between random rows.
+
+    The sort runs in ``n_blocks = counts.shape[0]`` blocks, in parallel on up to
+    ``n_threads`` threads (``counts=None``: ``n_threads`` blocks, scratch allocated here).
+    Block ``b`` counts, and later places, one contiguous range of the entries with its own row
+    of ``counts``; the layer's rows are scanned in ``n_blocks`` contiguous ranges. Within a
+    neuron the entries of block ``b`` come before those of block ``b + 1``, so the output does
+    not depend on the block or thread count. ``mark`` holds the slot of each touched row
+    during the call and is set to -1 there at the end (all -1 in, all -1 out); its other
+    entries are neither read nor written.
     """
-    cdef Py_ssize_t n = indptr.shape[0] - 1, i, nnz = idx.shape[0], n_out = mark.shape[0]
-    cdef Py_ssize_t r
-    cdef int64_t e, s
-    cdef int32_t nt = 0
-    cdef Py_ssize_t max_rows = rows.shape[0]
-    cdef bint bad = False
+    cdef Py_ssize_t n = indptr.shape[0] - 1, nnz = idx.shape[0], n_out = mark.shape[0]
+    cdef Py_ssize_t max_rows = rows.shape[0], n_blocks, b, u, i, r
+    cdef int64_t e, c, tot, nt, ne
+    cdef int32_t x
+    cdef int bad = 0
+    cdef int* badp = &bad       # written inside the parallel blocks, read after them
     _check_set(indptr, idx, n)
-    if slot.shape[0] != nnz or t_entries.shape[0] != nnz or entry_sample.shape[0] != nnz:
-        raise ValueError("touched_rows: slot, t_entries and entry_sample need one entry per active entry.")
+    _check_threads(n_threads)
+    for i in range(n):
+        if indptr[i] > indptr[i + 1] or indptr[0] != 0:
+            raise ValueError("touched_rows: indptr must start at 0 and not decrease.")
+    if slot.shape[0] != nnz or t_entries.shape[0] != nnz or t_sample.shape[0] != nnz:
+        raise ValueError("touched_rows: slot, t_entries and t_sample need one entry per "
+                         "active entry.")
     if rows.shape[0] < min(nnz, n_out) or t_indptr.shape[0] < min(nnz, n_out) + 1:
         raise ValueError("touched_rows: rows / t_indptr are too short.")
     if entry_pos is not None and entry_pos.shape[0] != nnz:
         raise ValueError("touched_rows: entry_pos needs one entry per active entry.")
+    if nnz > INT32_MAX:
+        raise ValueError(f"touched_rows: {nnz} active entries, at most {INT32_MAX} supported.")
+    if counts is not None and (counts.shape[0] < 1 or counts.shape[1] != n_out):
+        raise ValueError(f"touched_rows: counts must have shape (n_blocks >= 1, {n_out}), "
+                         f"not {(counts.shape[0], counts.shape[1])}.")
+    n_blocks = counts.shape[0] if counts is not None else n_threads
+    cdef int nth = <int> min(n_threads, n_blocks)
     cdef int64_t* pos = &entry_pos[0] if entry_pos is not None and nnz else NULL
-    for e in range(nnz):
-        if idx[e] < 0 or idx[e] >= n_out:
-            raise ValueError(f"touched_rows: neuron id {idx[e]} outside [0, {n_out}).")
-    with nogil:
-        for i in range(n):                              # mark[r]: entries of r, minus one
-            for e in range(indptr[i], indptr[i + 1]):
-                entry_sample[e] = <int32_t> i
-                mark[idx[e]] += 1
-        t_indptr[0] = 0
-        for r in range(n_out):                          # slots in increasing id order
-            if mark[r] >= 0:
-                if nt >= max_rows:
-                    bad = True
-                    break
-                rows[nt] = <int32_t> r
-                t_indptr[nt + 1] = t_indptr[nt] + mark[r] + 1
-                mark[r] = nt
-                nt = nt + 1
-        if bad or t_indptr[nt] != nnz:                  # mark was not all -1 on entry
-            for s in range(nt):
-                mark[rows[s]] = -1
-            bad = True
-    if bad:
-        raise ValueError("touched_rows: mark must be all -1 on entry.")
-    with nogil:
-        for e in range(nnz):
-            slot[e] = mark[idx[e]]
-        for s in range(nt):
-            mark[rows[s]] = <int32_t> t_indptr[s]     # fill cursor, reset below
-        for e in range(nnz):
-            t_entries[mark[idx[e]]] = e
-            if pos != NULL:
-                pos[e] = mark[idx[e]]
-            mark[idx[e]] += 1
-        for s in range(nt):
-            mark[rows[s]] = -1
-    return nt
+    cdef int32_t* owned = NULL
+    cdef int32_t* cnt                                    # cnt[u * n_out + r]: block u, row r
+    # block b: entries [e_lo[b], e_lo[b + 1]), rows [r_lo[b], r_lo[b + 1]); then the first
+    # slot and entry position of its rows in the output
+    cdef int64_t* blk = <int64_t*> malloc(4 * (n_blocks + 1) * sizeof(int64_t))
+    if blk == NULL:
+        raise MemoryError()
+    cdef int64_t* e_lo = blk
+    cdef int64_t* r_lo = blk + (n_blocks + 1)
+    cdef int64_t* blk_rows = blk + 2 * (n_blocks + 1)
+    cdef int64_t* blk_ents = blk + 3 * (n_blocks + 1)
+    try:
+        if counts is not None:
+            cnt = &counts[0, 0] if n_out else NULL
+        else:
+            owned = <int32_t*> calloc(max(n_blocks * n_out, 1), sizeof(int32_t))
+            if owned == NULL:
+                raise MemoryError()
+            cnt = owned
+        for b in range(n_blocks + 1):
+            e_lo[b] = nnz * b // n_blocks
+            r_lo[b] = n_out * b // n_blocks
+            blk_rows[b] = 0
+            blk_ents[b] = 0
+        with nogil:
+            for b in prange(n_blocks, schedule="static", chunksize=1, num_threads=nth):
+                for e in range(e_lo[b], e_lo[b + 1]):
+                    r = idx[e]
+                    if r < 0 or r >= n_out:
+                        badp[0] = 1
+                        continue
+                    cnt[b * n_out + r] += 1
+        if bad:
+            memset(cnt, 0, n_blocks * n_out * sizeof(int32_t))
+            for e in range(nnz):
+                if idx[e] < 0 or idx[e] >= n_out:
+                    raise ValueError(f"touched_rows: neuron id {idx[e]} outside [0, {n_out}).")
+        with nogil:
+            for b in prange(n_blocks, schedule="static", chunksize=1, num_threads=nth):
+                nt = 0
+                ne = 0
+                for r in range(r_lo[b], r_lo[b + 1]):
+                    tot = 0
+                    for u in range(n_blocks):
+                        if cnt[u * n_out + r] < 0:
+                            badp[0] = 1
+                        tot = tot + cnt[u * n_out + r]
+                    if tot > 0:
+                        nt = nt + 1
+                        ne = ne + tot
+                blk_rows[b + 1] = nt
+                blk_ents[b + 1] = ne
+            for b in range(n_blocks):                    # where each block's output starts
+                blk_rows[b + 1] += blk_rows[b]
+                blk_ents[b + 1] += blk_ents[b]
+        # a scratch that was not all 0 shows as a negative count or a wrong total
+        if bad or blk_ents[n_blocks] != nnz or blk_rows[n_blocks] > max_rows:
+            memset(cnt, 0, n_blocks * n_out * sizeof(int32_t))
+            raise ValueError("touched_rows: counts must be all 0 on entry.")
+        nt = blk_rows[n_blocks]
+        with nogil, parallel(num_threads=nth):
+            for b in prange(n_blocks, schedule="static", chunksize=1):
+                i = blk_rows[b]                          # next slot
+                c = blk_ents[b]                          # next entry position
+                for r in range(r_lo[b], r_lo[b + 1]):
+                    tot = 0
+                    for u in range(n_blocks):
+                        tot = tot + cnt[u * n_out + r]
+                    if tot == 0:
+                        continue
+                    rows[i] = <int32_t> r
+                    mark[r] = <int32_t> i
+                    t_indptr[i] = c
+                    for u in range(n_blocks):            # counts become fill cursors
+                        x = cnt[u * n_out + r]
+                        cnt[u * n_out + r] = <int32_t> c
+                        c = c + x
+                    i = i + 1
+            for b in prange(n_blocks, schedule="static", chunksize=1):
+                i = _sample_of(indptr, n, e_lo[b])
+                for e in range(e_lo[b], e_lo[b + 1]):
+                    while e >= indptr[i + 1]:
+                        i = i + 1
+                    r = idx[e]
+                    slot[e] = mark[r]
+                    c = cnt[b * n_out + r]
+                    t_entries[c] = e
+                    t_sample[c] = <int32_t> i
+                    if pos != NULL:
+                        pos[e] = c
+                    cnt[b * n_out + r] = <int32_t> (c + 1)
+            for i in prange(nt, schedule="static"):      # scratch back to its state on entry
+                r = rows[i]
+                mark[r] = -1
+                for u in range(n_blocks):
+                    cnt[u * n_out + r] = 0
+        t_indptr[nt] = nnz
+        return nt
+    finally:
+        free(blk)
+        free(owned)
 
 
 def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
@@ -504,7 +611,7 @@ def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
                     const int32_t[::1] slot,             # IN (nnz,)
                     const int64_t[::1] t_indptr,         # IN (n_touched + 1,)
                     const int64_t[::1] t_entries,        # IN (nnz,)
-                    const int32_t[::1] entry_sample,     # IN (nnz,)
+                    const int32_t[::1] t_sample,         # IN (nnz,) sample of t_entries[q]
                     float[:, ::1] grad,                  # OUT (n_touched, n_in)
                     float[::1] bias_grad,                # OUT (n_touched,)
                     float scale, bint hogwild=False, int n_threads=1):
@@ -527,7 +634,7 @@ def grad_rows_dense(const float[:, ::1] X,               # IN (n, n_in)
                     e = t_entries[q]
                     b = b + scale * delta[e]
                     if d and delta[e] != 0:
-                        ff_vec_axpy(d, scale * delta[e], &X[entry_sample[e], 0], &grad[s, 0])
+                        ff_vec_axpy(d, scale * delta[e], &X[t_sample[q], 0], &grad[s, 0])
                 bias_grad[s] = b
         else:
             for s in prange(nt, schedule="static", num_threads=n_threads):
@@ -549,7 +656,7 @@ def grad_rows_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
                   const int32_t[::1] slot,               # IN (nnz,)
                   const int64_t[::1] t_indptr,           # IN
                   const int64_t[::1] t_entries,          # IN
-                  const int32_t[::1] entry_sample,       # IN
+                  const int32_t[::1] t_sample,           # IN
                   float[:, ::1] grad,                    # OUT (n_touched, n_in)
                   float[::1] bias_grad,                  # OUT (n_touched,)
                   float scale, bint hogwild=False, int n_threads=1):
@@ -573,7 +680,7 @@ def grad_rows_csr(const int64_t[::1] x_indptr, const int32_t[::1] x_idx,
                     e = t_entries[q]
                     g = scale * delta[e]
                     b = b + g
-                    i = entry_sample[e]
+                    i = t_sample[q]
                     for p in range(x_indptr[i], x_indptr[i + 1]):
                         row[x_idx[p]] = row[x_idx[p]] + g * x_val[p]
                 bias_grad[s] = b
@@ -630,7 +737,7 @@ def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of t
                   const float[:, ::1] delta,             # IN (n, p) dLoss/d(pre-activation)
                   const int64_t[::1] t_indptr,           # IN (n_touched + 1,)
                   const int64_t[::1] t_entries,          # IN (nnz,) entries grouped by feature
-                  const int32_t[::1] entry_sample,       # IN (nnz,) sample of each entry
+                  const int32_t[::1] t_sample,           # IN (nnz,) sample of t_entries[q]
                   float[:, ::1] grad,                    # OUT (n_touched, p)
                   float scale, int n_threads=1):
     """Weight gradient of a first layer ``out = X @ W`` with a CSR input, on the rows of the
@@ -639,7 +746,7 @@ def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of t
     With :func:`touched_rows` run on the input's CSR pattern (features play the part of the
     neurons: ``rows`` are the batch's distinct features, ``t_entries`` the input entries grouped
     by feature, samples in increasing order), row ``s`` of ``grad`` is
-    ``scale * sum_e x_val[e] * delta[entry_sample[e]]`` over the entries ``e`` of feature ``s``:
+    ``scale * sum_q x_val[e] * delta[t_sample[q]]`` over the entries ``e = t_entries[q]`` of feature ``s``:
     row ``rows[s]`` of ``X.T @ delta * scale``. Parallel over features, each row summed in
     increasing sample order, so the result does not depend on the thread count.
     """
@@ -648,14 +755,14 @@ def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of t
     cdef float* row
     if delta.shape[1] != p:
         raise ValueError(f"csr_rows_grad: grad has {p} columns, delta {delta.shape[1]}.")
-    if t_indptr.shape[0] < nt + 1 or entry_sample.shape[0] != x_val.shape[0] \
+    if t_indptr.shape[0] < nt + 1 or t_sample.shape[0] != x_val.shape[0] \
             or t_entries.shape[0] != x_val.shape[0]:
-        raise ValueError("csr_rows_grad: t_indptr / t_entries / entry_sample do not match.")
+        raise ValueError("csr_rows_grad: t_indptr / t_entries / t_sample do not match.")
     if nt and t_indptr[nt] > x_val.shape[0]:
         raise ValueError("csr_rows_grad: t_indptr points past the input's entries.")
     for q in range(x_val.shape[0]):
-        if entry_sample[q] < 0 or entry_sample[q] >= n:
-            raise ValueError(f"csr_rows_grad: entry_sample has a sample {entry_sample[q]} "
+        if t_sample[q] < 0 or t_sample[q] >= n:
+            raise ValueError(f"csr_rows_grad: t_sample has a sample {t_sample[q]} "
                              f"outside [0, {n}).")
     _check_threads(n_threads)
     if nt == 0 or p == 0:
@@ -667,4 +774,4 @@ def csr_rows_grad(const float[::1] x_val,                # IN (nnz,) values of t
             for q in range(t_indptr[s], t_indptr[s + 1]):
                 e = t_entries[q]
                 if x_val[e] != 0:
-                    ff_vec_axpy(p, scale * x_val[e], &delta[entry_sample[e], 0], row)
+                    ff_vec_axpy(p, scale * x_val[e], &delta[t_sample[q], 0], row)

@@ -453,12 +453,12 @@ cdef struct BatchEntries:
     Py_ssize_t nnz
     const int64_t* t_entries   # (n_entries,) entries grouped by row slot
     Py_ssize_t n_entries
-    const int32_t* entry_sample  # (nnz,)
+    const int32_t* t_sample    # (n_entries,) sample of t_entries[q]
     float scale
 
 
 cdef BatchEntries _batch_entries(const float[:, ::1] X, const float[::1] delta,
-                                 const int64_t[::1] t_entries, const int32_t[::1] entry_sample,
+                                 const int64_t[::1] t_entries, const int32_t[::1] t_sample,
                                  float scale):
     """The pointers and sizes of a batch (NULL for empty arrays)."""
     cdef BatchEntries b
@@ -466,9 +466,9 @@ cdef BatchEntries _batch_entries(const float[:, ::1] X, const float[::1] delta,
     b.X = &X[0, 0] if b.n * b.d > 0 else NULL
     b.nnz = delta.shape[0]
     b.delta = &delta[0] if b.nnz else NULL
-    b.entry_sample = &entry_sample[0] if b.nnz else NULL
     b.n_entries = t_entries.shape[0]
     b.t_entries = &t_entries[0] if b.n_entries else NULL
+    b.t_sample = &t_sample[0] if b.n_entries else NULL
     b.scale = scale
     return b
 
@@ -476,9 +476,9 @@ cdef BatchEntries _batch_entries(const float[:, ::1] X, const float[::1] delta,
 cdef inline int _row_grads(const BatchEntries* b, const float* w, float* acc, int64_t q0,
                            int64_t q1, float* g, float* gb) noexcept nogil:
     """One touched row's gradients from its entries ``e = t_entries[q0:q1]``, in that order:
-    ``g = scale * sum delta[e] * X[entry_sample[e]]`` and ``gb = scale * sum delta[e]`` (the
+    ``g = scale * sum delta[e] * X[t_sample[q]]`` and ``gb = scale * sum delta[e]`` (the
     arithmetic of ``_active.grad_rows_dense``, same bits) and, when ``acc`` is not NULL, the
-    input gradient ``acc[entry_sample[e]] += delta[e] * w`` from the weight row ``w`` before
+    input gradient ``acc[t_sample[q]] += delta[e] * w`` from the weight row ``w`` before
     its update (that of ``_active.active_input_grad_rows``). Returns 1, leaving the sums
     partial, when the entries or their samples are out of range."""
     cdef int64_t q, e
@@ -493,7 +493,7 @@ cdef inline int _row_grads(const BatchEntries* b, const float* w, float* acc, in
         e = b.t_entries[q]
         if e < 0 or e >= b.nnz:
             return 1
-        i = b.entry_sample[e]
+        i = b.t_sample[q]
         if i < 0 or i >= b.n:
             return 1
         bias_sum = bias_sum + b.scale * b.delta[e]
@@ -559,7 +559,7 @@ def _fused_threads(name, input_grad, partial, Py_ssize_t n, Py_ssize_t d, Py_ssi
 
 
 def _check_fused_rows(name, Py_ssize_t n_rows, Py_ssize_t d, param, states, bias, bias_states,
-                      Py_ssize_t nt, X, delta, t_indptr, t_entries, entry_sample):
+                      Py_ssize_t nt, X, delta, t_indptr, t_entries, t_sample):
     """Shapes shared by the fused row steps (the entries themselves are checked in the pass)."""
     for key, arr in states.items():
         if arr.shape[0] != n_rows or arr.shape[1] != d:
@@ -571,8 +571,8 @@ def _check_fused_rows(name, Py_ssize_t n_rows, Py_ssize_t d, param, states, bias
         raise ValueError(f"{name}: X has {X.shape[1]} columns, param {d}.")
     if t_indptr.shape[0] < nt + 1:
         raise ValueError(f"{name}: t_indptr has {t_indptr.shape[0]} entries, needs len(rows) + 1 = {nt + 1}.")
-    if entry_sample.shape[0] != delta.shape[0]:
-        raise ValueError(f"{name}: entry_sample has {entry_sample.shape[0]} entries, delta {delta.shape[0]}.")
+    if t_sample.shape[0] != t_entries.shape[0]:
+        raise ValueError(f"{name}: t_sample has {t_sample.shape[0]} entries, t_entries {t_entries.shape[0]}.")
 
 
 def _raise_if_skipped(name, int bad_rows, int bad_entries, Py_ssize_t n_rows):
@@ -581,7 +581,7 @@ def _raise_if_skipped(name, int bad_rows, int bad_entries, Py_ssize_t n_rows):
         raise ValueError(f"{name}: {bad_rows} row ids outside [0, {n_rows}) were skipped.")
     if bad_entries:
         raise ValueError(f"{name}: {bad_entries} rows with entries outside the batch "
-                         "(t_indptr / t_entries / entry_sample) were skipped.")
+                         "(t_indptr / t_entries / t_sample) were skipped.")
 
 
 def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neuron-major weights
@@ -597,7 +597,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
                         const float[::1] delta,        # IN (nnz,) dLoss/d(output) per active entry
                         const int64_t[::1] t_indptr,   # IN (>= n_touched + 1,)
                         const int64_t[::1] t_entries,  # IN entries grouped by row slot
-                        const int32_t[::1] entry_sample,  # IN (nnz,) sample of each entry
+                        const int32_t[::1] t_sample,   # IN (n_entries,) sample of t_entries[q]
                         float scale,
                         double lr, double beta_1, double beta_2, double epsilon, double l2,
                         double bias_l2, int n_threads=1, const float[::1] step_sizes=None,
@@ -606,7 +606,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     """Lazy Adam on the rows of an active-set layer, each row's gradient computed in the pass.
 
     For every slot ``s``, the gradient of row ``r = rows[s]`` is
-    ``scale * sum_e delta[e] * X[entry_sample[e]]`` and that of its bias
+    ``scale * sum_q delta[e] * X[t_sample[q]]`` and that of its bias
     ``scale * sum_e delta[e]``, over the entries ``e = t_entries[t_indptr[s]:t_indptr[s + 1]]``
     in that order (the layout of ``_active.touched_rows``; the sums of
     ``_active.grad_rows_dense``). Row ``r`` of ``param`` and entry ``r`` of ``bias`` then take
@@ -630,9 +630,9 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
         The layer's input batch.
     delta : ndarray of shape (nnz,), float32
         Gradient of the loss with respect to each active entry's output.
-    t_indptr, t_entries, entry_sample : ndarray
-        The active entries grouped by row slot and the sample of each entry
-        (``_active.touched_rows``).
+    t_indptr, t_entries, t_sample : ndarray
+        The active entries grouped by row slot and the sample of each of them, in the
+        same order (``_active.touched_rows``).
     scale : float
         Factor of the gradient (``1 / n`` for a mean loss).
     lr, beta_1, beta_2, epsilon : float
@@ -661,7 +661,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     cdef Py_ssize_t n = X.shape[0]
     _check_fused_rows("adam_step_grad_rows", n_rows, d, param, {"m": m, "v": v}, bias,
                       {"t": t, "bias_m": bias_m, "bias_v": bias_v, "bias_t": bias_t}, nt, X,
-                      delta, t_indptr, t_entries, entry_sample)
+                      delta, t_indptr, t_entries, t_sample)
     n_threads = _fused_threads("adam_step_grad_rows", input_grad, partial, n, d, nt, n_threads)
     cdef bint with_input_grad = input_grad is not None
     if nt == 0:
@@ -673,7 +673,7 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
     cdef const float* sizes = &step_sizes[0] if n_sizes > 0 else NULL
     cdef double[::1] row_sums = np.zeros(nt)
     cdef double[::1] bias_sums = np.zeros(nt)
-    cdef BatchEntries batch = _batch_entries(X, delta, t_entries, entry_sample, scale)
+    cdef BatchEntries batch = _batch_entries(X, delta, t_entries, t_sample, scale)
     cdef Py_ssize_t s
     cdef index_t r, ra
     cdef int64_t tr, q0, q1
@@ -731,7 +731,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
                        const float[::1] delta,         # IN (nnz,)
                        const int64_t[::1] t_indptr,    # IN (>= n_touched + 1,)
                        const int64_t[::1] t_entries,   # IN
-                       const int32_t[::1] entry_sample,  # IN (nnz,)
+                       const int32_t[::1] t_sample,   # IN (n_entries,)
                        float scale, double lr, double momentum, bint nesterov, double l2,
                        double bias_l2, int n_threads=1,
                        float[:, ::1] input_grad=None,         # OUT (n, d) or None
@@ -747,7 +747,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
         Weights and their momentum buffer.
     bias, bias_velocity : ndarray of shape (n_rows,), float32
         Biases and their momentum buffer.
-    rows, X, delta, t_indptr, t_entries, entry_sample, scale :
+    rows, X, delta, t_indptr, t_entries, t_sample, scale :
         As :func:`adam_step_grad_rows`.
     lr, momentum : float
         Learning rate and momentum.
@@ -769,7 +769,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     cdef Py_ssize_t n = X.shape[0]
     _check_fused_rows("sgd_step_grad_rows", n_rows, d, param, {"velocity": velocity}, bias,
                       {"bias_velocity": bias_velocity}, nt, X, delta, t_indptr, t_entries,
-                      entry_sample)
+                      t_sample)
     n_threads = _fused_threads("sgd_step_grad_rows", input_grad, partial, n, d, nt, n_threads)
     cdef bint with_input_grad = input_grad is not None
     if nt == 0:
@@ -778,7 +778,7 @@ def sgd_step_grad_rows(float[:, ::1] param,            # IN/OUT (n_rows, d) neur
     cdef float l2_f = <float> l2, bias_l2_f = <float> bias_l2
     cdef double[::1] row_sums = np.zeros(nt)
     cdef double[::1] bias_sums = np.zeros(nt)
-    cdef BatchEntries batch = _batch_entries(X, delta, t_entries, entry_sample, scale)
+    cdef BatchEntries batch = _batch_entries(X, delta, t_entries, t_sample, scale)
     cdef Py_ssize_t s
     cdef index_t r, ra
     cdef int64_t q0, q1

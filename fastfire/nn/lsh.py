@@ -814,12 +814,12 @@ class LSHLayer:
         if training and inputs.is_dense:
             # the batch's touched rows serve both passes: the forward reads each weight row once
             # for all its entries, the backward sums each gradient row from them
-            self._touched = self._touched_rows(active)
-            nt, rows, _, t_indptr, t_entries, entry_sample = self._touched
+            self._touched = self._touched_rows(active, n_threads)
+            nt, rows, _, t_indptr, t_entries, t_sample = self._touched
             nnz = active.indices.shape[0]
             values = np.empty(nnz, dtype=np.float32)
             _active.active_forward_rows_dense(inputs.values, self.Wt, self.intercept, rows[:nt],
-                                              t_indptr, t_entries, entry_sample,
+                                              t_indptr, t_entries, t_sample,
                                               self._buffer("entry_pos", (nnz,), np.int64),
                                               self._buffer("by_slot", (nnz,), np.float32),
                                               values, self._act_code, n_threads)
@@ -833,9 +833,9 @@ class LSHLayer:
         self._active = active
         return out
 
-    def _touched_rows(self, active):
+    def _touched_rows(self, active, n_threads):
         """``_active.touched_rows`` of an active set on the layer's buffers: ``(n_touched, rows,
-        slot, t_indptr, t_entries, entry_sample)``; the inverse of ``t_entries`` goes to the
+        slot, t_indptr, t_entries, t_sample)``; the inverse of ``t_entries`` goes to the
         ``entry_pos`` buffer."""
         nnz = active.indices.shape[0]
         m = min(nnz, self.n_out)
@@ -843,11 +843,13 @@ class LSHLayer:
         slot = self._buffer("slot", (nnz,), np.int32)
         t_indptr = self._buffer("t_indptr", (m + 1,), np.int64)
         t_entries = self._buffer("t_entries", (nnz,), np.int64)
-        entry_sample = self._buffer("entry_sample", (nnz,), np.int32)
+        t_sample = self._buffer("t_sample", (nnz,), np.int32)
         nt = _active.touched_rows(active.indptr, active.indices, self._mark, rows, slot,
-                                  t_indptr, t_entries, entry_sample,
-                                  self._buffer("entry_pos", (nnz,), np.int64))
-        return nt, rows, slot, t_indptr, t_entries, entry_sample
+                                  t_indptr, t_entries, t_sample,
+                                  self._buffer("entry_pos", (nnz,), np.int64),
+                                  _touched_counts(self._buffers, n_threads, self.n_out),
+                                  n_threads)
+        return nt, rows, slot, t_indptr, t_entries, t_sample
 
     def forward_active(self, inputs, active, n_threads):
         """Outputs of the neurons of a given active set (no training state kept)."""
@@ -897,8 +899,8 @@ class LSHLayer:
         if delta.ndim == 2:
             delta = self._delta
         n = inputs.n_samples
-        touched = getattr(self, "_touched", None) or self._touched_rows(active)
-        nt, rows, slot, t_indptr, t_entries, entry_sample = touched
+        touched = getattr(self, "_touched", None) or self._touched_rows(active, n_threads)
+        nt, rows, slot, t_indptr, t_entries, t_sample = touched
         hogwild = not self.selector.deterministic
         if inputs.is_dense:
             # Dense inputs (an output layer over a hidden layer): each gradient row is summed on
@@ -909,14 +911,14 @@ class LSHLayer:
             # removed) was slower on the 20K-label bench (bench/RESULTS-lsh.md, "backward"): the
             # rows a sample scatters into miss the cache and two threads contend for them.
             self.coef_grad = BatchRowGrad(rows[:nt], inputs.values, delta, active.indptr, slot,
-                                          t_indptr[:nt + 1], t_entries, entry_sample, 1.0 / n,
+                                          t_indptr[:nt + 1], t_entries, t_sample, 1.0 / n,
                                           n_threads)
             self.intercept_grad = self.coef_grad.bias_grad
         else:
             grad = self._buffer("grad", (nt, self.n_in), np.float32)
             bias_grad = self._buffer("bias_grad", (nt,), np.float32)
             _active.grad_rows_csr(inputs.indptr, inputs.indices, inputs.values, delta,
-                                  active.indptr, slot, t_indptr, t_entries, entry_sample, grad,
+                                  active.indptr, slot, t_indptr, t_entries, t_sample, grad,
                                   bias_grad, 1.0 / n, hogwild, n_threads)
             self.coef_grad = RowGrad(rows[:nt], grad, "T")
             self.intercept_grad = RowGrad(rows[:nt], bias_grad.reshape(-1, 1), "col")
@@ -932,7 +934,7 @@ class LSHLayer:
                 self.coef_grad.request_input_grad(input_grad, partial)
                 return None
             _active.active_input_grad_rows(delta, self.Wt, rows[:nt], t_indptr, t_entries,
-                                           entry_sample, input_grad, partial, n_threads)
+                                           t_sample, input_grad, partial, n_threads)
         else:
             _active.active_input_grad(delta, active.indptr, active.indices, self.Wt, input_grad,
                                       n_threads)
@@ -960,6 +962,15 @@ class LSHLayer:
         self.coef_grad = self.intercept_grad = None
         self._targets = None
         self._reset_buffers()
+
+
+def _touched_counts(store, n_threads, n_out):
+    """The ``(n_threads, n_out)`` scratch of ``_active.touched_rows``, kept in the dict ``store``
+    under ``"touched_counts"``: zeros when made, and the kernel leaves it zero."""
+    counts = store.get("touched_counts")
+    if counts is None or counts.shape != (n_threads, n_out):
+        counts = store["touched_counts"] = np.zeros((n_threads, n_out), dtype=np.int32)
+    return counts
 
 
 def _active_apply(out, activation):
@@ -1022,12 +1033,13 @@ class SparseInputLayer(DenseLayer):
         slot = np.empty(nnz, dtype=np.int32)
         t_indptr = np.empty(m + 1, dtype=np.int64)
         t_entries = np.empty(nnz, dtype=np.int64)
-        entry_sample = np.empty(nnz, dtype=np.int32)
+        t_sample = np.empty(nnz, dtype=np.int32)
         nt = _active.touched_rows(inputs.indptr, inputs.indices, mark, rows, slot, t_indptr,
-                                  t_entries, entry_sample)
+                                  t_entries, t_sample, None,
+                                  _touched_counts(self.__dict__, n_threads, self.n_in), n_threads)
         grad = np.empty((nt, self.n_out), dtype=np.float32)
         delta = np.ascontiguousarray(delta, dtype=np.float32)
-        _active.csr_rows_grad(inputs.values, delta, t_indptr, t_entries, entry_sample, grad,
+        _active.csr_rows_grad(inputs.values, delta, t_indptr, t_entries, t_sample, grad,
                               1.0 / n, n_threads)
         column_sums(delta, self.intercept_grad, 1.0 / n, n_threads)
         self.coef_grad = RowGrad(rows[:nt], grad, "rows")
@@ -1048,5 +1060,6 @@ class SparseInputLayer(DenseLayer):
         state = DenseLayer.__getstate__(self)
         state.pop("_dense_grad", None)
         state.pop("_mark", None)
+        state.pop("touched_counts", None)
         state["coef_grad"] = None
         return state

@@ -75,7 +75,7 @@ class BatchRowGrad(RowGrad):
     biases, described by the layer's batch rather than computed.
 
     Row ``s`` of the gradient (row ``rows[s]`` of ``param.T``) is
-    ``scale * sum_e delta[e] * X[entry_sample[e]]`` over the active entries
+    ``scale * sum_e delta[e] * X[t_sample[e]]`` over the active entries
     ``e = t_entries[t_indptr[s]:t_indptr[s + 1]]`` (the layout of ``_active.touched_rows``); the
     bias gradient is ``scale * sum_e delta[e]`` (:attr:`bias_grad`, a :class:`RowGrad` of
     layout ``"col"``). :class:`Adam` and :class:`SGD` compute each row in the pass that updates
@@ -91,7 +91,7 @@ class BatchRowGrad(RowGrad):
         Gradient of the loss with respect to each active entry.
     indptr : ndarray of int64
         The active set's row offsets (``n + 1``).
-    slot, t_indptr, t_entries, entry_sample : ndarray
+    slot, t_indptr, t_entries, t_sample : ndarray
         From ``_active.touched_rows``.
     scale : float
         Factor of the gradient (``1 / n``).
@@ -99,15 +99,15 @@ class BatchRowGrad(RowGrad):
         Threads used to materialise ``values``.
     """
 
-    __slots__ = ("X", "delta", "indptr", "slot", "t_indptr", "t_entries", "entry_sample",
+    __slots__ = ("X", "delta", "indptr", "slot", "t_indptr", "t_entries", "t_sample",
                  "scale", "n_threads", "bias_grad", "_computed", "input_grad", "partial")
 
-    def __init__(self, rows, X, delta, indptr, slot, t_indptr, t_entries, entry_sample, scale,
+    def __init__(self, rows, X, delta, indptr, slot, t_indptr, t_entries, t_sample, scale,
                  n_threads):
         self.rows = rows
         self.layout = "T"
         self.X, self.delta, self.indptr, self.slot = X, delta, indptr, slot
-        self.t_indptr, self.t_entries, self.entry_sample = t_indptr, t_entries, entry_sample
+        self.t_indptr, self.t_entries, self.t_sample = t_indptr, t_entries, t_sample
         self.scale = scale
         self.n_threads = n_threads
         self._computed = None
@@ -124,7 +124,7 @@ class BatchRowGrad(RowGrad):
         """Write the requested input gradient from the neuron-major weights ``Wt`` (for an
         optimizer that does not fuse it into its update; call before the update)."""
         active_input_grad_rows(self.delta, Wt, self.rows, self.t_indptr, self.t_entries,
-                               self.entry_sample, self.input_grad, self.partial, n_threads)
+                               self.t_sample, self.input_grad, self.partial, n_threads)
 
     @property
     def pending(self):
@@ -137,7 +137,7 @@ class BatchRowGrad(RowGrad):
             grad = np.empty((nt, self.X.shape[1]), dtype=np.float32)
             bias_grad = np.empty(nt, dtype=np.float32)
             grad_rows_dense(self.X, self.delta, self.indptr, self.slot, self.t_indptr,
-                            self.t_entries, self.entry_sample, grad, bias_grad, self.scale,
+                            self.t_entries, self.t_sample, grad, bias_grad, self.scale,
                             False, self.n_threads)
             self._computed = (grad, bias_grad.reshape(-1, 1))
         return self._computed
@@ -149,7 +149,7 @@ class BatchRowGrad(RowGrad):
 
     def fused_args(self):
         """The batch arguments of ``adam_step_grad_rows`` / ``sgd_step_grad_rows``."""
-        return (self.rows, self.X, self.delta, self.t_indptr, self.t_entries, self.entry_sample,
+        return (self.rows, self.X, self.delta, self.t_indptr, self.t_entries, self.t_sample,
                 self.scale)
 
     def fused_outputs(self):

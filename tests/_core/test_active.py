@@ -341,30 +341,70 @@ def test_input_grad_by_rows_equals_numpy(problem, n_threads):
                                            np.ascontiguousarray(partial[:, :-1]), n_threads)
 
 
-def test_touched_rows_is_a_counting_sort_by_neuron(problem):
+def _touched(indptr, idx, m, counts=None, n_threads=1):
+    nnz = idx.size
+    out = dict(rows=np.empty(min(nnz, m), np.int32), slot=np.empty(nnz, np.int32),
+               t_indptr=np.empty(min(nnz, m) + 1, np.int64), t_entries=np.empty(nnz, np.int64),
+               t_sample=np.empty(nnz, np.int32), pos=np.empty(nnz, np.int64),
+               mark=np.full(m, -1, np.int32))
+    nt = _active.touched_rows(indptr, idx, out["mark"], out["rows"], out["slot"],
+                              out["t_indptr"], out["t_entries"], out["t_sample"], out["pos"],
+                              counts, n_threads)
+    out["rows"], out["t_indptr"] = out["rows"][:nt], out["t_indptr"][:nt + 1]
+    return out
+
+
+@pytest.mark.parametrize("n_blocks", [None, 1, 2, 5])
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_touched_rows_is_a_counting_sort_by_neuron(problem, n_threads, n_blocks):
     rng, X, Wt, b, indptr, idx = problem
+    idx = rng.permutation(idx)                      # a sample's neurons in any order
     m, nnz = Wt.shape[0], idx.size
-    mark = np.full(m, -1, np.int32)
-    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
-    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
-    es = np.empty(nnz, np.int32)
-    pos = np.empty(nnz, np.int64)
-    nt = _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es, pos)
-    np.testing.assert_array_equal(rows[:nt], np.unique(idx))          # increasing ids
+    assert (np.diff(indptr) == 0).any()             # empty samples too
+    counts = None if n_blocks is None else np.zeros((n_blocks, m), np.int32)
+    got = _touched(indptr, idx, m, counts, n_threads)
+    rows, t_indptr, t_entries = got["rows"], got["t_indptr"], got["t_entries"]
+    np.testing.assert_array_equal(rows, np.unique(idx))               # increasing ids
     np.testing.assert_array_equal(t_entries, np.argsort(idx, kind="stable"))
-    np.testing.assert_array_equal(t_entries[pos], np.arange(nnz))     # the inverse
-    np.testing.assert_array_equal(rows[slot], idx)
-    np.testing.assert_array_equal(es, np.repeat(np.arange(X.shape[0]), np.diff(indptr)))
-    for s in range(nt):
+    np.testing.assert_array_equal(t_entries[got["pos"]], np.arange(nnz))  # the inverse
+    np.testing.assert_array_equal(rows[got["slot"]], idx)
+    sample = np.repeat(np.arange(X.shape[0]), np.diff(indptr))
+    np.testing.assert_array_equal(got["t_sample"], sample[t_entries])
+    for s in range(rows.size):
         entries = t_entries[t_indptr[s]:t_indptr[s + 1]]
         np.testing.assert_array_equal(entries, np.flatnonzero(idx == rows[s]))  # in order
-    assert (mark == -1).all()
-    mark[3] = 5                                                       # a dirty scratch
-    with pytest.raises(ValueError, match="mark"):
-        _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, es)
-    with pytest.raises(ValueError, match="outside"):
-        _active.touched_rows(indptr, np.full(nnz, m, np.int32), np.full(m, -1, np.int32), rows,
-                             slot, t_indptr, t_entries, es)
+    assert (got["mark"] == -1).all()                # the scratch is left as it came
+    if counts is not None:
+        assert not counts.any()
+
+
+def test_touched_rows_rejects_bad_input_and_restores_its_scratch(problem):
+    rng, X, Wt, b, indptr, idx = problem
+    m, nnz = Wt.shape[0], idx.size
+    rows, slot = np.empty(min(nnz, m), np.int32), np.empty(nnz, np.int32)
+    t_indptr, t_entries = np.empty(min(nnz, m) + 1, np.int64), np.empty(nnz, np.int64)
+    ts, pos = np.empty(nnz, np.int32), np.empty(nnz, np.int64)
+    mark = np.full(m, -1, np.int32)
+    for dirty in (5, -5):
+        counts = np.zeros((2, m), np.int32)
+        counts[1, 3] = dirty
+        with pytest.raises(ValueError, match="counts must be all 0"):
+            _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, ts, pos,
+                                 counts, 2)
+        assert not counts.any()
+    counts = np.zeros((2, m), np.int32)
+    bad_idx = idx.copy()
+    bad_idx[-1] = m
+    with pytest.raises(ValueError, match=f"neuron id {m} outside"):
+        _active.touched_rows(indptr, bad_idx, mark, rows, slot, t_indptr, t_entries, ts, pos,
+                             counts, 2)
+    assert not counts.any()
+    bad_ptr = indptr.copy()
+    bad_ptr[1], bad_ptr[2] = bad_ptr[2], bad_ptr[1] - 1
+    with pytest.raises(ValueError, match="not decrease"):
+        _active.touched_rows(bad_ptr, idx, mark, rows, slot, t_indptr, t_entries, ts)
+    with pytest.raises(ValueError, match="shape"):
+        _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, ts, None,
+                             np.zeros((2, m + 1), np.int32))
     with pytest.raises(ValueError, match="entry_pos"):
-        _active.touched_rows(indptr, idx, np.full(m, -1, np.int32), rows, slot, t_indptr,
-                             t_entries, es, pos[:-1])
+        _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, ts, pos[:-1])

@@ -300,7 +300,7 @@ def test_factored_steps_reject_shape_mismatch():
 
 def _active_batch(rng, n, n_rows, d, per_sample):
     """A batch of ``n`` samples with ``per_sample`` distinct active rows each, laid out by
-    ``_active.touched_rows``: (X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows)."""
+    ``_active.touched_rows``: (X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows)."""
     from fastfire._core import _active
 
     idx = np.concatenate([rng.choice(n_rows, per_sample, replace=False) for _ in range(n)])
@@ -310,22 +310,22 @@ def _active_batch(rng, n, n_rows, d, per_sample):
     m = min(nnz, n_rows)
     rows, slot = np.empty(m, np.int32), np.empty(nnz, np.int32)
     t_indptr, t_entries = np.empty(m + 1, np.int64), np.empty(nnz, np.int64)
-    entry_sample = np.empty(nnz, np.int32)
+    t_sample = np.empty(nnz, np.int32)
     nt = _active.touched_rows(indptr, idx, np.full(n_rows, -1, np.int32), rows, slot, t_indptr,
-                              t_entries, entry_sample)
+                              t_entries, t_sample)
     X = rng.standard_normal((n, d)).astype(np.float32)
     delta = rng.standard_normal(nnz).astype(np.float32)
     delta[::7] = 0.0                                     # zero deltas are skipped by both paths
-    return X, delta, indptr, slot, t_indptr[:nt + 1], t_entries, entry_sample, rows[:nt]
+    return X, delta, indptr, slot, t_indptr[:nt + 1], t_entries, t_sample, rows[:nt]
 
 
 def _materialised(batch, n_threads):
     from fastfire._core import _active
 
-    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows = batch
     grad = np.empty((rows.shape[0], X.shape[1]), np.float32)
     bias_grad = np.empty(rows.shape[0], np.float32)
-    _active.grad_rows_dense(X, delta, indptr, slot, t_indptr, t_entries, entry_sample, grad,
+    _active.grad_rows_dense(X, delta, indptr, slot, t_indptr, t_entries, t_sample, grad,
                             bias_grad, 0.25, False, n_threads)
     return grad, bias_grad.reshape(-1, 1)
 
@@ -346,9 +346,9 @@ def test_adam_step_grad_rows_equals_gradient_then_row_steps(n, n_rows, d, per_sa
     split = [a.copy() for a in fused]
     for step in range(4):                                # counts inside and past the table
         batch = _active_batch(rng, n, n_rows, d, per_sample)
-        X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+        X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows = batch
         norm, bias_norm = _optim.adam_step_grad_rows(
-            *fused, rows, X, delta, t_indptr, t_entries, entry_sample, 0.25, lr, b1, b2, eps,
+            *fused, rows, X, delta, t_indptr, t_entries, t_sample, 0.25, lr, b1, b2, eps,
             l2, 0.0, n_threads, sizes)
         grad, bias_grad = _materialised(batch, n_threads)
         Ws, ms, vs, ts, bs, bms, bvs, bts = split
@@ -369,13 +369,13 @@ def test_adam_step_grad_rows_equals_gradient_then_row_steps(n, n_rows, d, per_sa
 def test_sgd_step_grad_rows_equals_gradient_then_row_steps(nesterov, n_threads):
     rng = np.random.default_rng(5)
     batch = _active_batch(rng, 40, 3000, 64, 30)
-    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows = batch
     W = rng.standard_normal((3000, 64)).astype(np.float32)
     b = rng.standard_normal(3000).astype(np.float32)
     vel, bvel = 0.1 * W, 0.1 * b
     fused = [W.copy(), vel.copy(), b.copy(), bvel.copy()]
     norm, bias_norm = _optim.sgd_step_grad_rows(*fused, rows, X, delta, t_indptr, t_entries,
-                                                entry_sample, 0.25, 0.05, 0.9, nesterov, 1e-3,
+                                                t_sample, 0.25, 0.05, 0.9, nesterov, 1e-3,
                                                 1e-4, n_threads)
     grad, bias_grad = _materialised(batch, n_threads)
     exp = [W.copy(), vel.copy(), b.copy(), bvel.copy()]
@@ -393,10 +393,10 @@ def _input_grad_rows(W, batch, n_threads):
     """Reference input gradient (the unfused kernel) and a NumPy check of it."""
     from fastfire._core import _active
 
-    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows = batch
     n, d = X.shape[0], W.shape[1]
     ref = np.empty((n, d), np.float32)
-    _active.active_input_grad_rows(delta, W, rows, t_indptr, t_entries, entry_sample, ref,
+    _active.active_input_grad_rows(delta, W, rows, t_indptr, t_entries, t_sample, ref,
                                    np.empty((max(n_threads - 1, 1), n, d), np.float32),
                                    n_threads)
     dense = np.zeros((n, W.shape[0]))                   # the entries' deltas, sample x neuron
@@ -412,7 +412,7 @@ def test_fused_row_steps_write_the_input_gradient_of_the_old_rows(solver, n_thre
     # weights before the update (same thread count), and the update itself unchanged
     rng = np.random.default_rng(7)
     batch = _active_batch(rng, 40, 3000, 64, 30)
-    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = batch
+    X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows = batch
     W = rng.standard_normal((3000, 64)).astype(np.float32)
     b = rng.standard_normal(3000).astype(np.float32)
     expected = _input_grad_rows(W, batch, n_threads)
@@ -429,34 +429,34 @@ def test_fused_row_steps_write_the_input_gradient_of_the_old_rows(solver, n_thre
         args = (0.25, 0.05, 0.9, True, 1e-3, 0.0, n_threads)
         step = _optim.sgd_step_grad_rows
     plain = [a.copy() for a in state]
-    with_grad = step(*state, rows, X, delta, t_indptr, t_entries, entry_sample, *args,
+    with_grad = step(*state, rows, X, delta, t_indptr, t_entries, t_sample, *args,
                      input_grad=out, partial=partial)
-    without = step(*plain, rows, X, delta, t_indptr, t_entries, entry_sample, *args)
+    without = step(*plain, rows, X, delta, t_indptr, t_entries, t_sample, *args)
     np.testing.assert_array_equal(out, expected)
     assert with_grad == without
     for a, e in zip(state, plain):
         np.testing.assert_array_equal(a, e)
     with pytest.raises(ValueError, match="input_grad must be"):
-        step(*plain, rows, X, delta, t_indptr, t_entries, entry_sample, *args,
+        step(*plain, rows, X, delta, t_indptr, t_entries, t_sample, *args,
              input_grad=out[:-1], partial=partial)
     if n_threads > 1:
         with pytest.raises(ValueError, match="partial must be"):
-            step(*plain, rows, X, delta, t_indptr, t_entries, entry_sample, *args,
+            step(*plain, rows, X, delta, t_indptr, t_entries, t_sample, *args,
                  input_grad=out, partial=None)
 
 
 def test_fused_row_steps_reject_bad_entries_and_shapes():
     rng = np.random.default_rng(2)
-    X, delta, indptr, slot, t_indptr, t_entries, entry_sample, rows = \
+    X, delta, indptr, slot, t_indptr, t_entries, t_sample, rows = \
         _active_batch(rng, 4, 20, 3, 5)
     W = np.zeros((20, 3), np.float32)
     b = np.zeros(20, np.float32)
 
-    def adam(rows=rows, t_indptr=t_indptr, t_entries=t_entries, entry_sample=entry_sample,
+    def adam(rows=rows, t_indptr=t_indptr, t_entries=t_entries, t_sample=t_sample,
              X=X, bias=b):
         return _optim.adam_step_grad_rows(W, W.copy(), W.copy(), np.zeros(20, np.int64), bias,
                                           b.copy(), b.copy(), np.zeros(20, np.int64), rows, X,
-                                          delta, t_indptr, t_entries, entry_sample, 1.0, 0.1,
+                                          delta, t_indptr, t_entries, t_sample, 1.0, 0.1,
                                           0.9, 0.999, 1e-8, 0.0, 0.0, 2)
 
     bad_rows = rows.copy()
@@ -467,10 +467,10 @@ def test_fused_row_steps_reject_bad_entries_and_shapes():
     bad_entries[0] = delta.shape[0]
     with pytest.raises(ValueError, match="entries outside"):
         adam(t_entries=bad_entries)
-    bad_samples = entry_sample.copy()
+    bad_samples = t_sample.copy()
     bad_samples[:] = 4
     with pytest.raises(ValueError, match="entries outside"):
-        adam(entry_sample=bad_samples)
+        adam(t_sample=bad_samples)
     bad_indptr = t_indptr.copy()
     bad_indptr[-1] = t_entries.shape[0] + 1
     with pytest.raises(ValueError, match="entries outside"):
@@ -481,9 +481,9 @@ def test_fused_row_steps_reject_bad_entries_and_shapes():
         adam(X=np.zeros((4, 2), np.float32))
     with pytest.raises(ValueError, match="bias has"):
         adam(bias=np.zeros(19, np.float32))
-    with pytest.raises(ValueError, match="entry_sample"):
-        adam(entry_sample=entry_sample[:-1])
+    with pytest.raises(ValueError, match="t_sample"):
+        adam(t_sample=t_sample[:-1])
     with pytest.raises(ValueError, match="velocity"):
         _optim.sgd_step_grad_rows(W, np.zeros((20, 2), np.float32), b, b.copy(), rows, X, delta,
-                                  t_indptr, t_entries, entry_sample, 1.0, 0.1, 0.9, False, 0.0,
+                                  t_indptr, t_entries, t_sample, 1.0, 0.1, 0.9, False, 0.0,
                                   0.0, 1)
