@@ -484,8 +484,8 @@ def touched_rows(const int64_t[::1] indptr,             # IN (n + 1,)
     cdef int* badp = &bad       # written inside the parallel blocks, read after them
     _check_set(indptr, idx, n)
     _check_threads(n_threads)
-    for i in range(n):
-        if indptr[i] > indptr[i + 1] or indptr[0] != 0:
+    for i in range(n + 1):
+        if indptr[i] < (indptr[i - 1] if i else 0) or indptr[0] != 0:
             raise ValueError("touched_rows: indptr must start at 0 and not decrease.")
     if slot.shape[0] != nnz or t_entries.shape[0] != nnz or t_sample.shape[0] != nnz:
         raise ValueError("touched_rows: slot, t_entries and t_sample need one entry per "

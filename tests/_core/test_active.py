@@ -403,6 +403,9 @@ def test_touched_rows_rejects_bad_input_and_restores_its_scratch(problem):
     bad_ptr[1], bad_ptr[2] = bad_ptr[2], bad_ptr[1] - 1
     with pytest.raises(ValueError, match="not decrease"):
         _active.touched_rows(bad_ptr, idx, mark, rows, slot, t_indptr, t_entries, ts)
+    with pytest.raises(ValueError, match="start at 0"):               # no sample, some entries
+        _active.touched_rows(np.array([nnz], np.int64), idx, mark, rows, slot, t_indptr,
+                             t_entries, ts)
     with pytest.raises(ValueError, match="shape"):
         _active.touched_rows(indptr, idx, mark, rows, slot, t_indptr, t_entries, ts, None,
                              np.zeros((2, m + 1), np.int32))
