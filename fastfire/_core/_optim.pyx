@@ -475,9 +475,10 @@ cdef BatchEntries _batch_entries(const float[:, ::1] X, const float[::1] delta,
 
 cdef inline int _row_grads(const BatchEntries* b, const float* w, float* acc, int64_t q0,
                            int64_t q1, float* g, float* gb) noexcept nogil:
-    """One touched row's gradients from its entries ``e = t_entries[q0:q1]``, in that order:
-    ``g = scale * sum delta[e] * X[t_sample[q]]`` and ``gb = scale * sum delta[e]`` (the
-    arithmetic of ``_active.grad_rows_dense``, same bits) and, when ``acc`` is not NULL, the
+    """One touched row's gradients from its entries ``e = t_entries[q]``, ``q`` in ``q0:q1``,
+    in that order: ``g = scale * sum delta[e] * X[t_sample[q]]`` and
+    ``gb = scale * sum delta[e]`` (the arithmetic of ``_active.grad_rows_dense``, same bits)
+    and, when ``acc`` is not NULL, the
     input gradient ``acc[t_sample[q]] += delta[e] * w`` from the weight row ``w`` before
     its update (that of ``_active.active_input_grad_rows``). Returns 1, leaving the sums
     partial, when the entries or their samples are out of range."""
@@ -607,8 +608,8 @@ def adam_step_grad_rows(float[:, ::1] param,           # IN/OUT (n_rows, d) neur
 
     For every slot ``s``, the gradient of row ``r = rows[s]`` is
     ``scale * sum_q delta[e] * X[t_sample[q]]`` and that of its bias
-    ``scale * sum_e delta[e]``, over the entries ``e = t_entries[t_indptr[s]:t_indptr[s + 1]]``
-    in that order (the layout of ``_active.touched_rows``; the sums of
+    ``scale * sum_q delta[e]``, over the entries ``e = t_entries[q]``, ``q`` in
+    ``t_indptr[s]:t_indptr[s + 1]``, in that order (the layout of ``_active.touched_rows``; the sums of
     ``_active.grad_rows_dense``). Row ``r`` of ``param`` and entry ``r`` of ``bias`` then take
     :func:`adam_step_rows`' step with their own counters (``l2`` and ``bias_l2``). The result
     has the same bits as ``grad_rows_dense`` followed by ``adam_step_rows`` on the weights and

@@ -75,8 +75,8 @@ class BatchRowGrad(RowGrad):
     biases, described by the layer's batch rather than computed.
 
     Row ``s`` of the gradient (row ``rows[s]`` of ``param.T``) is
-    ``scale * sum_e delta[e] * X[t_sample[e]]`` over the active entries
-    ``e = t_entries[t_indptr[s]:t_indptr[s + 1]]`` (the layout of ``_active.touched_rows``); the
+    ``scale * sum_q delta[t_entries[q]] * X[t_sample[q]]`` over ``q`` in
+    ``t_indptr[s]:t_indptr[s + 1]`` (the layout of ``_active.touched_rows``); the
     bias gradient is ``scale * sum_e delta[e]`` (:attr:`bias_grad`, a :class:`RowGrad` of
     layout ``"col"``). :class:`Adam` and :class:`SGD` compute each row in the pass that updates
     it; ``values`` computes them all (``_active.grad_rows_dense``), for any other reader.
