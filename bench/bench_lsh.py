@@ -4,7 +4,8 @@ Subcommands (each prints a markdown table and writes JSON under bench/out/):
 
     throughput  training samples/s at 1 and 2 threads, generated XC problem (default 20K labels,
                 ~1,000 active outputs per sample), median of --repeats epochs after a warm-up,
-                the thread counts timed in turn round by round
+                the thread counts timed in turn round by round; --ceiling adds the ideal in the
+                same rounds (ceiling.py's bare C loops over as many random rows per sample)
     accuracy    P@1 / P@5 on a held-out split after the same epochs: LSH, fastfire dense
                 (scikit-learn's logistic loss), the LSH layer with every output active (exact
                 softmax, the reference for LSH's sampling), scikit-learn's MLPClassifier
@@ -85,30 +86,49 @@ def cmd_throughput(args):
     count before round r + 1), so the ratio of the medians compares runs taken side by side."""
     X, Y = _problem(args.samples, args.features, args.labels)
     models = {}
-    rates = {threads: [] for threads in args.threads}
+    rates = {("fastfire", threads): [] for threads in args.threads}
+    ceiling = None
+    if args.ceiling:
+        from ceiling import Ceiling
+
+        ceiling = Ceiling(args.labels, args.hidden, args.min_active, args.batch_size,
+                          args.samples)
+        rates.update({(loop, t): [] for loop in Ceiling.LOOPS for t in args.threads})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for threads in args.threads:
             models[threads] = _clf(_lsh_selection(args), args, threads, warm_start=True)
             models[threads].fit(X[:2000], Y[:2000])   # warm-up: thread pool, buffers, tables
+            if ceiling is not None:
+                for loop in Ceiling.LOOPS:
+                    ceiling.run(loop, threads)
         for _ in range(args.repeats):
-            for threads in args.threads:
-                tic = time.perf_counter()
-                models[threads].fit(X, Y)
-                rates[threads].append(round(X.shape[0] / (time.perf_counter() - tic), 1))
+            for code, threads in rates:
+                if code == "fastfire":
+                    tic = time.perf_counter()
+                    models[threads].fit(X, Y)
+                    rate = X.shape[0] / (time.perf_counter() - tic)
+                else:
+                    rate = ceiling.run(code, threads)
+                rates[code, threads].append(round(rate, 1))
     rows = []
-    for threads in args.threads:
-        med = float(np.median(rates[threads]))
-        layer = models[threads]._network.layers[-1]
-        active = float(np.mean(np.diff(layer._active.indptr)))
-        rows.append(dict(threads=threads, samples_per_s=round(med, 1), runs=rates[threads],
-                         active_per_sample=round(active, 1)))
-        print(f"| {threads} | {med:,.0f} | {rates[threads]} | {active:.0f} |", flush=True)
-    if len(rows) >= 2:
-        ratios = [b / a for a, b in zip(rates[args.threads[0]], rates[args.threads[-1]])]
-        print(f"speed-up {rows[-1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x "
-              f"(ratio of medians); per round {[round(r, 2) for r in ratios]}, "
-              f"median {np.median(ratios):.2f}x")
+    for (code, threads), runs in rates.items():
+        med = float(np.median(runs))
+        row = dict(code=code, threads=threads, samples_per_s=round(med, 1), runs=runs)
+        if code == "fastfire":
+            layer = models[threads]._network.layers[-1]
+            row["active_per_sample"] = round(float(np.mean(np.diff(layer._active.indptr))), 1)
+        rows.append(row)
+        print(f"| {code} | {threads} | {med:,.0f} | {runs} | {row.get('active_per_sample', '')} |",
+              flush=True)
+    t0, t1 = args.threads[0], args.threads[-1]
+    if t1 != t0:
+        for code in dict.fromkeys(code for code, _ in rates):
+            ratios = [b / a for a, b in zip(rates[code, t0], rates[code, t1])]
+            print(f"{code}: {t1} / {t0} threads "
+                  f"{np.median(rates[code, t1]) / np.median(rates[code, t0]):.2f}x "
+                  f"(ratio of medians); per round {[round(r, 2) for r in ratios]}, "
+                  f"median {np.median(ratios):.2f}x")
     return rows
 
 
@@ -469,6 +489,8 @@ def main(argv=None):
     parser.add_argument("--min-active", type=int, default=1000)
     parser.add_argument("--active", type=int, default=300)
     parser.add_argument("--sklearn-samples", type=int, default=0)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="throughput: also time ceiling.py's bare C loops in the same rounds")
     parser.add_argument("--widths", type=lambda s: [int(t) for t in s.split(",")],
                         default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--seeds", type=int, default=3)
