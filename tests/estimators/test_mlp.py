@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import platform
 import signal
 import warnings
 from contextlib import redirect_stdout
@@ -257,6 +258,31 @@ def test_ctrl_c_stops_after_the_batch_and_keeps_the_model(digits):
     assert clf.n_iter_ == 1 and clf.t_ == 500  # stopped after the 5th batch of 100
     assert clf.predict(X).shape == (len(X),) and len(clf.loss_curve_) == 1
     assert signal.getsignal(signal.SIGINT) is before
+
+
+_FLUSH_SEEN = []   # module level: the estimator trains a copy of its selectors
+
+
+class _RecordDenormalFlush(Dense):
+    """A dense selector that records, at every update, whether the thread flushes subnormals."""
+
+    def after_update(self, layer):
+        from fastfire._core._openmp import denormals_flushed
+
+        _FLUSH_SEEN.append(denormals_flushed())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"),
+                    reason="flushing subnormals is implemented for x86-64 and AArch64 only")
+def test_training_flushes_subnormals_and_restores_the_setting(digits):
+    from fastfire._core._openmp import denormals_flushed
+
+    X, y = digits
+    _FLUSH_SEEN.clear()
+    _fit_quietly(MLPClassifier((8,), max_iter=2, batch_size=200, random_state=0, n_jobs=2,
+                               selection=["dense", _RecordDenormalFlush()]), X, y)
+    assert len(_FLUSH_SEEN) == 2 * 9 and all(_FLUSH_SEEN)
+    assert not denormals_flushed()
 
 
 @pytest.mark.parametrize(
