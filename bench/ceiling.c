@@ -56,7 +56,8 @@ void bare_adam(float *W, float *M, float *V, const float *H, const int32_t *ids,
     for (int64_t s0 = 0; s0 < n; s0 += batch, t++) {
         int64_t s1 = s0 + batch < n ? s0 + batch : n;
         const int64_t *ptr = row_ptr + t * (int64_t)(n_rows + 1);
-        float step = lr * sqrtf(1.0f - powf(b2, (float)(t + 1))) / (1.0f - powf(b1, (float)(t + 1)));
+        float step = lr * sqrtf(1.0f - powf(b2, (float)(t + 1)))
+                     / (1.0f - powf(b1, (float)(t + 1)));
 #pragma omp parallel num_threads(n_threads)
         {
 #pragma omp for schedule(static)

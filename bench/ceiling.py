@@ -3,10 +3,10 @@
 The issue quotes "a bare C loop over 1,000 random 128-float rows per sample" as the practical
 ceiling of an LSH output layer. ``ceiling.c`` holds two such loops (see its header): the bare
 SGD loop of the issue, and a bare lazy-Adam step (forward, then each touched row's gradient and
-Adam update in one pass). This script compiles it with ``gcc -O3 -march=native -ffast-math -fopenmp`` into
-a temporary folder and times both on the shape of ``bench_lsh.py throughput``'s output layer,
-the thread counts in turn round by round, so the 2-thread / 1-thread ratio compares runs taken
-side by side. ``bench_lsh.py throughput --ceiling`` times the same loops in the same rounds as
+Adam update in one pass). This script compiles it with
+``gcc -O3 -march=native -ffast-math -fopenmp`` into a temporary folder and times both on the
+shape of ``bench_lsh.py throughput``'s output layer, the thread counts in turn round by round,
+so the 2-thread / 1-thread ratio compares runs taken side by side. ``bench_lsh.py throughput --ceiling`` times the same loops in the same rounds as
 fastfire's ``fit``.
 
     flock /tmp/fastfire-bench.lock python bench/ceiling.py --threads 1,2 --repeats 5
@@ -122,7 +122,8 @@ def main():
     t0, t1 = args.threads[0], args.threads[-1]
     for loop in Ceiling.LOOPS:
         per_round = [b / a for a, b in zip(rates[loop, t0], rates[loop, t1])]
-        print(f"{loop}: {t1} / {t0} threads {np.median(rates[loop, t1]) / np.median(rates[loop, t0]):.2f}x "
+        ratio = np.median(rates[loop, t1]) / np.median(rates[loop, t0])
+        print(f"{loop}: {t1} / {t0} threads {ratio:.2f}x "
               f"(ratio of medians; per round {[round(r, 2) for r in per_round]})")
 
 
