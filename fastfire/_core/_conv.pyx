@@ -384,6 +384,9 @@ def map_square_sums(const float[:, ::1] A,     # IN (N, M*P)
 # maximum is a data-dependent branch that mispredicts on about every other window of real
 # activations (GCC does not if-convert it under CPython's -fwrapv): 10x slower than this loop.
 # Same result as the scalar rule: the first maximum in row-major window order, a NaN winning.
+# A row whose width is not a multiple of four ends with one more group of four that overlaps
+# the previous one (same values written twice): a scalar tail of up to three windows would
+# cost as much as the rest of a 7-window row.
 cdef extern from *:
     """
     #if defined(__SSE2__) || defined(_M_X64)
@@ -396,37 +399,76 @@ cdef extern from *:
         *cur = _mm_or_ps(_mm_and_ps(take, v), _mm_andnot_ps(take, *cur));
         *best = _mm_or_si128(_mm_and_si128(ti, iv), _mm_andnot_si128(ti, *best));
     }
+    /* Windows ox .. ox + 3: r0, r1 the two input rows, base the flat input index of r0[0]. */
+    static inline void ff_pool4(const float* r0, const float* r1, int base, int W, int ox,
+                                float* out, int* argmax) {
+        __m128 a0 = _mm_loadu_ps(r0 + 2 * ox), a1 = _mm_loadu_ps(r0 + 2 * ox + 4);
+        __m128 b0 = _mm_loadu_ps(r1 + 2 * ox), b1 = _mm_loadu_ps(r1 + 2 * ox + 4);
+        __m128i i00 = _mm_add_epi32(_mm_set1_epi32(base + 2 * ox), _mm_set_epi32(6, 4, 2, 0));
+        __m128i one = _mm_set1_epi32(1), row = _mm_set1_epi32(W);
+        __m128 cur = _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));
+        __m128i best = i00;
+        ff_pool_take(_mm_shuffle_ps(a0, a1, _MM_SHUFFLE(3, 1, 3, 1)), _mm_add_epi32(i00, one), &cur, &best);
+        ff_pool_take(_mm_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)), _mm_add_epi32(i00, row), &cur, &best);
+        ff_pool_take(_mm_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1)),
+                     _mm_add_epi32(_mm_add_epi32(i00, row), one), &cur, &best);
+        _mm_storeu_ps(out + ox, cur);
+        _mm_storeu_si128((__m128i*) (argmax + ox), best);
+    }
+    /* Gradients of windows ox .. ox + 3: dout[ox] at each window's argmax, 0 at its other
+       three positions (an argmax outside its window writes only zeros). */
+    static inline void ff_unpool4(const float* dout, const int* argmax, int base, int W, int ox,
+                                  float* r0, float* r1) {
+        __m128i one = _mm_set1_epi32(1), row = _mm_set1_epi32(W);
+        __m128 g = _mm_loadu_ps(dout + ox);
+        __m128i rel = _mm_sub_epi32(_mm_loadu_si128((const __m128i*) (argmax + ox)),
+                                    _mm_add_epi32(_mm_set1_epi32(base + 2 * ox), _mm_set_epi32(6, 4, 2, 0)));
+        __m128 g00 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rel, _mm_setzero_si128())), g);
+        __m128 g01 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rel, one)), g);
+        __m128 g10 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rel, row)), g);
+        __m128 g11 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rel, _mm_add_epi32(row, one))), g);
+        _mm_storeu_ps(r0 + 2 * ox, _mm_unpacklo_ps(g00, g01));
+        _mm_storeu_ps(r0 + 2 * ox + 4, _mm_unpackhi_ps(g00, g01));
+        _mm_storeu_ps(r1 + 2 * ox, _mm_unpacklo_ps(g10, g11));
+        _mm_storeu_ps(r1 + 2 * ox + 4, _mm_unpackhi_ps(g10, g11));
+    }
     #else
     #define FF_POOL_SSE2 0
     #endif
-    /* Windows ox in [0, n4) of one output row (n4 a multiple of 4): r0, r1 the two input rows,
-       base the flat input index of r0[0], W the input width. Returns n4 (0 without SSE2). */
-    static int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int n4,
+    /* Max pooling of the Wo windows of one output row. Returns the number of windows done:
+       Wo, or 0 (the caller's scalar loop does them) without SSE2 or when Wo < 4. */
+    static int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int Wo,
                                    float* out, int* argmax) {
     #if FF_POOL_SSE2
         int ox;
-        for (ox = 0; ox < n4; ox += 4) {
-            __m128 a0 = _mm_loadu_ps(r0 + 2 * ox), a1 = _mm_loadu_ps(r0 + 2 * ox + 4);
-            __m128 b0 = _mm_loadu_ps(r1 + 2 * ox), b1 = _mm_loadu_ps(r1 + 2 * ox + 4);
-            __m128i i00 = _mm_add_epi32(_mm_set1_epi32(base + 2 * ox), _mm_set_epi32(6, 4, 2, 0));
-            __m128i one = _mm_set1_epi32(1), row = _mm_set1_epi32(W);
-            __m128 cur = _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));
-            __m128i best = i00;
-            ff_pool_take(_mm_shuffle_ps(a0, a1, _MM_SHUFFLE(3, 1, 3, 1)), _mm_add_epi32(i00, one), &cur, &best);
-            ff_pool_take(_mm_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)), _mm_add_epi32(i00, row), &cur, &best);
-            ff_pool_take(_mm_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1)),
-                         _mm_add_epi32(_mm_add_epi32(i00, row), one), &cur, &best);
-            _mm_storeu_ps(out + ox, cur);
-            _mm_storeu_si128((__m128i*) (argmax + ox), best);
-        }
-        return n4;
+        if (Wo < 4) return 0;
+        for (ox = 0; ox + 4 <= Wo; ox += 4) ff_pool4(r0, r1, base, W, ox, out, argmax);
+        if (Wo % 4) ff_pool4(r0, r1, base, W, Wo - 4, out, argmax);
+        return Wo;
+    #else
+        return 0;
+    #endif
+    }
+    /* The adjoint for one output row: writes all 2 x 2Wo gradients of the row's windows (no
+       memset, no scatter). Returns the number of windows done, as above. */
+    static int ff_max_unpool_2x2_row(const float* dout, const int* argmax, int base, int W,
+                                     int Wo, float* r0, float* r1) {
+    #if FF_POOL_SSE2
+        int ox;
+        if (Wo < 4) return 0;
+        for (ox = 0; ox + 4 <= Wo; ox += 4) ff_unpool4(dout, argmax, base, W, ox, r0, r1);
+        if (Wo % 4) ff_unpool4(dout, argmax, base, W, Wo - 4, r0, r1);
+        return Wo;
     #else
         return 0;
     #endif
     }
     """
-    int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int n4,
+    int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int Wo,
                             float* out, int* argmax) noexcept nogil
+    int ff_max_unpool_2x2_row(const float* dout, const int* argmax, int base, int W, int Wo,
+                              float* r0, float* r1) noexcept nogil
+    const int FF_POOL_SSE2
 
 
 cdef void _max_pool_one(const float* x, float* out, int* argmax, int C, int H, int W,
@@ -441,8 +483,7 @@ cdef void _max_pool_one(const float* x, float* out, int* argmax, int C, int H, i
             done = 0
             if PH == 2 and PW == 2:
                 idx = (c * H + oy * 2) * W
-                done = ff_max_pool_2x2_row(x + idx, x + idx + W, idx, W, Wo - Wo % 4,
-                                           out + pos, argmax + pos)
+                done = ff_max_pool_2x2_row(x + idx, x + idx + W, idx, W, Wo, out + pos, argmax + pos)
             for ox in range(done, Wo):
                 best = (c * H + oy * PH) * W + ox * PW
                 b = x[best]
@@ -506,7 +547,9 @@ def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)
                   float[:, ::1] dX,            # OUT (N, C*H*W)
                   int C, int H, int W, int PH, int PW, bint is_max, int n_threads=1):
     """Adjoint of :func:`pool_forward`: the window gradient to its maximum (max) or spread
-    evenly over the window (average); positions outside every window get 0."""
+    evenly over the window (average); positions outside every window get 0. An ``argmax``
+    entry that does not lie in its window (2x2) or in the image (other windows) adds
+    nothing: a wrong ``argmax`` gives a wrong gradient, never a write out of bounds."""
     cdef Py_ssize_t N = dout.shape[0]
     if min(C, H, W, PH, PW, n_threads) < 1 or PH > H or PW > W:
         raise ValueError(f"pool: C={C}, H={H}, W={W}, window {PH}x{PW}, n_threads={n_threads}.")
@@ -516,7 +559,7 @@ def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)
     if is_max and (argmax.shape[0] != N or argmax.shape[1] != C * Ho * Wo):
         raise ValueError("pool_backward: argmax must have the shape of dout.")
     cdef Py_ssize_t n
-    cdef int c, oy, ox, i, j, pos, q = C * Ho * Wo
+    cdef int c, oy, ox, i, j, pos, q = C * Ho * Wo, size = C * H * W
     cdef float g
     cdef float inv = 1.0 / (PH * PW)
     cdef float* dx
@@ -525,10 +568,22 @@ def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)
     with nogil:
         for n in prange(N, schedule="static", num_threads=n_threads):
             dx = &dX[n, 0]
+            if is_max and PH == 2 and PW == 2 and Wo >= 4 and FF_POOL_SSE2:
+                if H % 2 or W % 2:  # positions outside every window
+                    memset(dx, 0, <size_t> C * H * W * sizeof(float))
+                for c in range(C):
+                    for oy in range(Ho):
+                        pos = (c * Ho + oy) * Wo
+                        i = (c * H + oy * 2) * W
+                        ff_max_unpool_2x2_row(&dout[n, pos], &argmax[n, pos], i, W, Wo,
+                                              dx + i, dx + i + W)
+                continue
             memset(dx, 0, <size_t> C * H * W * sizeof(float))
             if is_max:
                 for pos in range(q):
-                    dx[argmax[n, pos]] += dout[n, pos]
+                    i = argmax[n, pos]
+                    if 0 <= i < size:
+                        dx[i] += dout[n, pos]
             else:
                 for c in range(C):
                     for oy in range(Ho):

@@ -218,24 +218,49 @@ def test_pooling_matches_numpy(kind, shape, window):
     np.testing.assert_allclose(dX.reshape(N, C, H, W), ref, rtol=1e-6, atol=1e-6)
 
 
-def test_max_pooling_ties_and_nans_match_numpy_argmax():
-    # widths of 8+ windows go through the vectorised 2x2 path: same rule as the scalar one
+@pytest.mark.parametrize("H,W", [(6, 21), (14, 14), (6, 8), (5, 6)])
+def test_max_pooling_ties_and_nans_match_numpy_argmax(H, W):
+    # rows of 4+ windows go through the vectorised 2x2 path (7 and 10 windows: an overlapping
+    # last group of four); 3 windows through the scalar loop: same rule either way
     rng = np.random.default_rng(4)
-    N, C, H, W = 3, 2, 6, 21
+    N, C = 3, 2
     X = rng.integers(-2, 3, (N, C, H, W)).astype(np.float32)  # many ties
-    X[0, 0, 0, 3] = X[1, 1, 3, 10] = X[2, 0, 5, 20] = np.nan
+    X[0, 0, 0, 3] = X[1, 1, 3, W - 1] = X[2, 0, H - 1, W - 2] = np.nan
     X[0, 1, 2:4, 4:6] = np.nan
     Ho, Wo = H // 2, W // 2
     out = np.empty((N, C * Ho * Wo), np.float32)
     argmax = np.empty((N, C * Ho * Wo), np.int32)
     pool_forward(X.reshape(N, -1), out, argmax, C=C, H=H, W=W, PH=2, PW=2, is_max=True, n_threads=1)
-    blocks = X[:, :, :, : 2 * Wo].reshape(N, C, Ho, 2, Wo, 2).transpose(0, 1, 2, 4, 3, 5)
+    blocks = X[:, :, : 2 * Ho, : 2 * Wo].reshape(N, C, Ho, 2, Wo, 2).transpose(0, 1, 2, 4, 3, 5)
     first = blocks.reshape(N, C, Ho, Wo, 4).argmax(axis=-1)  # first maximum, NaN wins
     a, b = np.divmod(first, 2)
     c, oy, ox = np.meshgrid(np.arange(C), np.arange(Ho), np.arange(Wo), indexing="ij")
     expected = c * H * W + (2 * oy + a) * W + 2 * ox + b
     np.testing.assert_array_equal(argmax.reshape(N, C, Ho, Wo), expected)
     np.testing.assert_array_equal(out.reshape(N, C, Ho, Wo), pool_reference(X, 2, 2, "max"))
+
+    # backward: each window's gradient at its first maximum, zeros everywhere else
+    R = rng.standard_normal((N, C * Ho * Wo)).astype(np.float32)
+    dX = np.full((N, C * H * W), np.nan, np.float32)
+    pool_backward(R, argmax, dX, C=C, H=H, W=W, PH=2, PW=2, is_max=True, n_threads=2)
+    ref = np.zeros((N, C * H * W), np.float32)
+    np.put_along_axis(ref, argmax.astype(np.intp), R, axis=1)
+    np.testing.assert_array_equal(dX, ref)
+
+
+@pytest.mark.parametrize("window,W", [((2, 2), 14), ((2, 2), 6), ((3, 3), 9)])
+def test_pool_backward_ignores_argmax_outside_its_window(window, W):
+    # argmax comes from pool_forward in the layers; a wrong one must never write out of bounds
+    C, H = 2, W
+    ph, pw = window
+    Ho, Wo = H // ph, W // pw
+    dout = np.ones((3, C * Ho * Wo), np.float32)
+    argmax = np.full(dout.shape, 10**6, np.int32)
+    argmax[1] = -5
+    argmax[2] = C * H * W  # one past the image
+    dX = np.full((3, C * H * W), np.nan, np.float32)
+    pool_backward(dout, argmax, dX, C=C, H=H, W=W, PH=ph, PW=pw, is_max=True, n_threads=1)
+    np.testing.assert_array_equal(dX, 0.0)
 
 
 def test_bad_shapes_raise():
