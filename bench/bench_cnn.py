@@ -216,9 +216,11 @@ def phase_timing(configs, args, threads, X, y):
                         grad = net.layers[i].backward(delta, threads, need_input_grad=i > 0)
                         add(f"b:{names[i]}", clock() - a)
                         if i > 0:
-                            a = clock()
-                            net.layers[i - 1].activation_backward(acts[i], grad, threads)
-                            add("act", clock() - a)
+                            # as Network.train_step: max pooling after ReLU applies its derivative
+                            if not getattr(net.layers[i], "applies_input_activation", False):
+                                a = clock()
+                                net.layers[i - 1].activation_backward(acts[i], grad, threads)
+                                add("act", clock() - a)
                             delta = grad
                     a = clock()
                     n = len(net.layers)

@@ -417,10 +417,12 @@ cdef extern from *:
     }
     /* Gradients of windows ox .. ox + 3: dout[ox] at each window's argmax, 0 at its other
        three positions (an argmax outside its window writes only zeros). */
-    static inline void ff_unpool4(const float* dout, const int* argmax, int base, int W, int ox,
-                                  float* r0, float* r1) {
+    static inline void ff_unpool4(const float* dout, const int* argmax, const float* pooled,
+                                  int base, int W, int ox, float* r0, float* r1) {
         __m128i one = _mm_set1_epi32(1), row = _mm_set1_epi32(W);
         __m128 g = _mm_loadu_ps(dout + ox);
+        if (pooled)  /* ReLU before the pooling: only windows whose maximum is positive */
+            g = _mm_and_ps(g, _mm_cmpgt_ps(_mm_loadu_ps(pooled + ox), _mm_setzero_ps()));
         __m128i rel = _mm_sub_epi32(_mm_loadu_si128((const __m128i*) (argmax + ox)),
                                     _mm_add_epi32(_mm_set1_epi32(base + 2 * ox), _mm_set_epi32(6, 4, 2, 0)));
         __m128 g00 = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rel, _mm_setzero_si128())), g);
@@ -450,14 +452,16 @@ cdef extern from *:
     #endif
     }
     /* The adjoint for one output row: writes all 2 x 2Wo gradients of the row's windows (no
-       memset, no scatter). Returns the number of windows done, as above. */
-    static int ff_max_unpool_2x2_row(const float* dout, const int* argmax, int base, int W,
-                                     int Wo, float* r0, float* r1) {
+       memset, no scatter); with pooled (the row's pooled outputs, or NULL) a window whose
+       maximum is not positive passes no gradient. Returns the number of windows done, as
+       above. */
+    static int ff_max_unpool_2x2_row(const float* dout, const int* argmax, const float* pooled,
+                                     int base, int W, int Wo, float* r0, float* r1) {
     #if FF_POOL_SSE2
         int ox;
         if (Wo < 4) return 0;
-        for (ox = 0; ox + 4 <= Wo; ox += 4) ff_unpool4(dout, argmax, base, W, ox, r0, r1);
-        if (Wo % 4) ff_unpool4(dout, argmax, base, W, Wo - 4, r0, r1);
+        for (ox = 0; ox + 4 <= Wo; ox += 4) ff_unpool4(dout, argmax, pooled, base, W, ox, r0, r1);
+        if (Wo % 4) ff_unpool4(dout, argmax, pooled, base, W, Wo - 4, r0, r1);
         return Wo;
     #else
         return 0;
@@ -466,8 +470,8 @@ cdef extern from *:
     """
     int ff_max_pool_2x2_row(const float* r0, const float* r1, int base, int W, int Wo,
                             float* out, int* argmax) noexcept nogil
-    int ff_max_unpool_2x2_row(const float* dout, const int* argmax, int base, int W, int Wo,
-                              float* r0, float* r1) noexcept nogil
+    int ff_max_unpool_2x2_row(const float* dout, const int* argmax, const float* pooled,
+                              int base, int W, int Wo, float* r0, float* r1) noexcept nogil
     const int FF_POOL_SSE2
 
 
@@ -545,11 +549,17 @@ def pool_forward(const float[:, ::1] X,     # IN (N, C*H*W)
 def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)
                   const int[:, ::1] argmax,    # IN (N, C*Ho*Wo) for max pooling
                   float[:, ::1] dX,            # OUT (N, C*H*W)
-                  int C, int H, int W, int PH, int PW, bint is_max, int n_threads=1):
+                  int C, int H, int W, int PH, int PW, bint is_max, int n_threads=1,
+                  const float[:, ::1] positive=None):  # IN (N, C*Ho*Wo) pooled outputs, or None
     """Adjoint of :func:`pool_forward`: the window gradient to its maximum (max) or spread
     evenly over the window (average); positions outside every window get 0. An ``argmax``
     entry that does not lie in its window (2x2) or in the image (other windows) adds
-    nothing: a wrong ``argmax`` gives a wrong gradient, never a write out of bounds."""
+    nothing: a wrong ``argmax`` gives a wrong gradient, never a write out of bounds.
+
+    ``positive`` (max pooling only), the pooled outputs, passes a window's gradient only
+    where its maximum is > 0. When the pooled values are ReLU outputs this applies ReLU's
+    derivative ``A > 0`` too (it is 1 at a positive maximum, and the other positions get
+    no gradient anyway), which saves a pass over the larger, unpooled gradient."""
     cdef Py_ssize_t N = dout.shape[0]
     if min(C, H, W, PH, PW, n_threads) < 1 or PH > H or PW > W:
         raise ValueError(f"pool: C={C}, H={H}, W={W}, window {PH}x{PW}, n_threads={n_threads}.")
@@ -558,16 +568,23 @@ def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)
         raise ValueError("pool_backward: shapes do not agree.")
     if is_max and (argmax.shape[0] != N or argmax.shape[1] != C * Ho * Wo):
         raise ValueError("pool_backward: argmax must have the shape of dout.")
+    cdef bint masked = positive is not None
+    if masked and not is_max:
+        raise ValueError("pool_backward: positive is for max pooling only.")
+    if masked and (positive.shape[0] != N or positive.shape[1] != C * Ho * Wo):
+        raise ValueError("pool_backward: positive must have the shape of dout.")
     cdef Py_ssize_t n
     cdef int c, oy, ox, i, j, pos, q = C * Ho * Wo, size = C * H * W
     cdef float g
     cdef float inv = 1.0 / (PH * PW)
     cdef float* dx
+    cdef const float* pooled
     if N == 0:
         return
     with nogil:
         for n in prange(N, schedule="static", num_threads=n_threads):
             dx = &dX[n, 0]
+            pooled = &positive[n, 0] if masked else NULL
             if is_max and PH == 2 and PW == 2 and Wo >= 4 and FF_POOL_SSE2:
                 if H % 2 or W % 2:  # positions outside every window
                     memset(dx, 0, <size_t> C * H * W * sizeof(float))
@@ -575,14 +592,15 @@ def pool_backward(const float[:, ::1] dout,    # IN (N, C*Ho*Wo)
                     for oy in range(Ho):
                         pos = (c * Ho + oy) * Wo
                         i = (c * H + oy * 2) * W
-                        ff_max_unpool_2x2_row(&dout[n, pos], &argmax[n, pos], i, W, Wo,
+                        ff_max_unpool_2x2_row(&dout[n, pos], &argmax[n, pos],
+                                              pooled + pos if masked else NULL, i, W, Wo,
                                               dx + i, dx + i + W)
                 continue
             memset(dx, 0, <size_t> C * H * W * sizeof(float))
             if is_max:
                 for pos in range(q):
                     i = argmax[n, pos]
-                    if 0 <= i < size:
+                    if 0 <= i < size and (not masked or pooled[pos] > 0):
                         dx[i] += dout[n, pos]
             else:
                 for c in range(C):

@@ -232,7 +232,8 @@ n_features_in_, n_outputs_, out_activation_
             layers.append(conv)
             out_shape = conv.output_shape
             if self.pooling is not None:
-                layers.append(Pool2D(out_shape, self.pool_size, self.pooling))
+                relu_input = self.pooling == "max" and self.activation == "relu"
+                layers.append(Pool2D(out_shape, self.pool_size, self.pooling, relu_input))
                 out_shape = layers[-1].output_shape
         layers.append(Flatten(out_shape))
         dense_coefs = self.coefs_[n_conv:]

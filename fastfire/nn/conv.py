@@ -326,11 +326,18 @@ class Pool2D(_ParameterFree):
     input_shape : tuple (C, H, W)
     pool : int or (int, int), default=2
     kind : {"max", "avg"}, default="max"
+    relu_input : bool, default=False
+        The previous layer's activation is ReLU (max pooling only). The backward pass then
+        applies ReLU's derivative too: a window passes its gradient only if its maximum is
+        positive, and the network skips the previous layer's ``activation_backward`` (a pass
+        over the unpooled gradient saved; see :attr:`applies_input_activation`).
     """
 
-    def __init__(self, input_shape, pool=2, kind="max"):
+    def __init__(self, input_shape, pool=2, kind="max", relu_input=False):
         if kind not in ("max", "avg"):
             raise ValueError(f"kind must be 'max' or 'avg'; got {kind!r}.")
+        if relu_input and kind != "max":
+            raise ValueError("relu_input=True needs max pooling.")
         ph, pw = (pool, pool) if np.isscalar(pool) else pool
         if int(ph) < 1 or int(pw) < 1:
             raise ValueError(f"pool must be >= 1; got {pool!r}.")
@@ -339,8 +346,15 @@ class Pool2D(_ParameterFree):
         self.window = (min(int(ph), H), min(int(pw), W))
         self.output_shape = (C, H // self.window[0], W // self.window[1])
         self.kind = kind
+        self.relu_input = bool(relu_input)
         self._init_empty()
         self._out = self._input_grad = self._argmax = None
+
+    @property
+    def applies_input_activation(self):
+        """True when :meth:`backward` returns the gradient w.r.t. the previous layer's
+        pre-activation (ReLU's derivative applied here), so the network must not apply it."""
+        return getattr(self, "relu_input", False)  # models pickled before the attribute
 
     def _args(self):
         C, H, W = self.input_shape
@@ -365,7 +379,9 @@ class Pool2D(_ParameterFree):
         self._input_grad, input_grad = _rows(self._input_grad, n, self.n_in)
         argmax = self._argmax[:n] if self.kind == "max" else np.empty((0, 0), np.int32)
         n_threads = _threads(n * self.n_in, n_threads, _GRAIN_ELEMENTS)
-        pool_backward(delta, argmax, input_grad, n_threads=n_threads, **self._args())
+        positive = self._out[:n] if self.applies_input_activation else None
+        pool_backward(delta, argmax, input_grad, n_threads=n_threads, positive=positive,
+                      **self._args())
         return input_grad
 
 

@@ -61,7 +61,10 @@ class Network:
         """A network of prebuilt layers (e.g. convolutions followed by dense layers).
 
         Each layer needs ``forward``, ``backward``, ``activation_backward``, ``coef``,
-        ``intercept``, ``coef_grad``, ``intercept_grad`` and ``selector``.
+        ``intercept``, ``coef_grad``, ``intercept_grad`` and ``selector``. A layer whose
+        ``applies_input_activation`` is true (max pooling after ReLU) returns the gradient
+        w.r.t. the previous layer's pre-activation, whose ``activation_backward`` is then
+        skipped.
         """
         network = cls.__new__(cls)
         network.layers = list(layers)
@@ -146,7 +149,8 @@ class Network:
                                                    advance=not stepped)
                     stepped += [i, n_layers + i]
                     input_grad = layer.coef_grad.input_grad
-                self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
+                if not getattr(layer, "applies_input_activation", False):
+                    self.layers[i - 1].activation_backward(activations[i], input_grad, n_threads)
                 delta = input_grad
         if stepped:
             rest = [k for k in range(2 * n_layers) if k not in stepped]

@@ -274,3 +274,37 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="window"):
         pool_forward(X, np.zeros((2, 1), np.float32), np.zeros((2, 1), np.int32), C=1, H=3, W=4,
                      PH=4, PW=4, is_max=True)
+
+
+@pytest.mark.parametrize("shape,window", [((3, 14, 14), (2, 2)), ((2, 6, 21), (2, 2)),
+                                          ((2, 6, 6), (2, 2)), ((2, 9, 9), (3, 3))])
+def test_pool_backward_with_positive_applies_the_relu_derivative(shape, window):
+    # max pooling of ReLU outputs: the masked backward equals the plain one times (A > 0)
+    rng = np.random.default_rng(5)
+    C, H, W = shape
+    ph, pw = window
+    N, Ho, Wo = 3, H // ph, W // pw
+    A = np.maximum(rng.standard_normal((N, C * H * W)), 0).astype(np.float32)
+    A[0, : H * W] = 0.0  # a channel of dead units: every window's maximum is 0
+    out = np.empty((N, C * Ho * Wo), np.float32)
+    argmax = np.empty_like(out, dtype=np.int32)
+    args = {"C": C, "H": H, "W": W, "PH": ph, "PW": pw, "is_max": True, "n_threads": 2}
+    pool_forward(A, out, argmax, **args)
+    R = rng.standard_normal(out.shape).astype(np.float32)
+    plain = np.empty_like(A)
+    pool_backward(R, argmax, plain, **args)
+    fused = np.full_like(A, np.nan)
+    pool_backward(R, argmax, fused, positive=out, **args)
+    np.testing.assert_array_equal(fused, np.where(A > 0, plain, 0.0))
+    assert np.any(fused != plain)  # the mask did something
+
+
+def test_pool_backward_positive_is_checked():
+    dout = np.zeros((2, 4), np.float32)
+    argmax = np.zeros((2, 4), np.int32)
+    dX = np.zeros((2, 16), np.float32)
+    args = {"C": 1, "H": 4, "W": 4, "PH": 2, "PW": 2, "n_threads": 1}
+    with pytest.raises(ValueError, match="max pooling only"):
+        pool_backward(dout, argmax, dX, is_max=False, positive=dout, **args)
+    with pytest.raises(ValueError, match="shape of dout"):
+        pool_backward(dout, argmax, dX, is_max=True, positive=np.zeros((2, 3), np.float32), **args)

@@ -10,12 +10,12 @@ from fastfire.nn.network import Network
 from fastfire.nn.selectors import Dense
 
 
-def _net(kind="max", selector=None, seed=0):
+def _net(kind="max", selector=None, seed=0, activation="tanh", relu_input=False):
     rng = np.random.default_rng(seed)
     shape = (2, 6, 5)
     c1 = Conv2D((rng.standard_normal((3, 2, 3, 3)) * 0.5).astype(np.float32),
-                (rng.standard_normal(3) * 0.1).astype(np.float32), "tanh", shape, 1, 1, selector)
-    p1 = Pool2D(c1.output_shape, 2, kind)
+                (rng.standard_normal(3) * 0.1).astype(np.float32), activation, shape, 1, 1, selector)
+    p1 = Pool2D(c1.output_shape, 2, kind, relu_input)
     c2 = Conv2D((rng.standard_normal((4, 3, 2, 2)) * 0.5).astype(np.float32),
                 (rng.standard_normal(4) * 0.1).astype(np.float32), "tanh", p1.output_shape, 1, 0, selector)
     fl = Flatten(c2.output_shape)
@@ -38,9 +38,10 @@ class _NoStep:
         return 0.0
 
 
-@pytest.mark.parametrize("kind", ["max", "avg"])
-def test_network_gradients_match_finite_differences(kind):
-    net, rng = _net(kind)
+@pytest.mark.parametrize("kind,activation,relu_input", [("max", "tanh", False), ("avg", "tanh", False),
+                                                         ("max", "relu", True)])
+def test_network_gradients_match_finite_differences(kind, activation, relu_input):
+    net, rng = _net(kind, activation=activation, relu_input=relu_input)
     X = rng.standard_normal((4, 60)).astype(np.float32)
     y = np.array([0, 2, 1, 2], np.int32)
     loss = net.train_step(ActiveSet.from_dense(X), y, 0.0, _NoStep(), 2)
@@ -58,6 +59,24 @@ def test_network_gradients_match_finite_differences(kind):
                 flat[i] = old
                 fd = (lp - lm) / (2 * h)
                 assert abs(fd - gflat[i]) < 3e-3 + 3e-2 * abs(fd), (type(layer).__name__, i, fd, gflat[i])
+
+
+def test_relu_derivative_in_max_pooling_gives_the_same_gradients():
+    # Pool2D(relu_input=True) applies ReLU's derivative itself and the network skips the
+    # convolution's activation_backward: every gradient is the same as the unfused stack's
+    grads = []
+    for relu_input in (False, True):
+        net, rng = _net("max", activation="relu", relu_input=relu_input)
+        assert net.layers[1].applies_input_activation == relu_input
+        X = rng.standard_normal((6, 60)).astype(np.float32)
+        net.train_step(ActiveSet.from_dense(X), np.array([0, 2, 1, 2, 0, 1], np.int32), 0.0,
+                       _NoStep(), 2)
+        grads.append([g.copy() for g in net.grads])
+    for plain, fused in zip(*grads):
+        np.testing.assert_array_equal(plain, fused)
+    assert any(np.any(g != 0) for g in grads[1])
+    with pytest.raises(ValueError, match="max pooling"):
+        Pool2D((2, 4, 4), 2, "avg", relu_input=True)
 
 
 def test_input_gradient_of_the_stack():
