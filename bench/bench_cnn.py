@@ -6,7 +6,8 @@ dense (C2·7·7 → 10), softmax; batch 50, Adam (lr 1e-3).
 Configurations: ``exact``; ``torch`` (the same network in PyTorch, its own initialisation);
 ``MODE:RATIO`` with MODE ``forward`` or ``backward`` (:class:`~fastfire.nn.conv.ConvSampling`,
 top-k) on every convolution, or one entry per convolution joined by ``/`` (``dense/forward:0.6``
-samples the second convolution only).
+samples the second convolution only); ``backward:0.5:0.25`` keeps half the examples for the
+weight gradient and a quarter of the output channels for the input gradient (``input_ratio``).
 
 The fastfire configurations train side by side: every round, one epoch of each configuration
 in turn (``warm_start`` fits of one epoch, one ``RandomState`` per model carried across them),
@@ -45,14 +46,15 @@ from fastfire.nn.conv import Conv2D, ConvSampling
 
 
 def conv_selection(config, n_conv=2):
-    """``exact`` → None; ``MODE:RATIO`` for every convolution, or per convolution joined by
-    ``/`` (each ``dense`` or ``MODE:RATIO``). Legacy names ``forward0.5`` are accepted."""
+    """``exact`` → None; ``MODE:RATIO[:INPUT_RATIO]`` for every convolution, or per convolution
+    joined by ``/`` (each ``dense`` or ``MODE:RATIO``). Legacy names ``forward0.5`` are accepted."""
     def one(part):
         if part in ("dense", "exact"):
             return None
         for mode in ("forward", "backward"):
-            if part.startswith(mode):
-                return ConvSampling(float(part[len(mode):].lstrip(":")), mode=mode)
+            if part.startswith(mode):  # MODE:RATIO, or backward:RATIO:INPUT_RATIO
+                ratios = [float(r) for r in part[len(mode):].lstrip(":").split(":")]
+                return ConvSampling(ratios[0], mode=mode, input_ratio=ratios[1] if len(ratios) > 1 else None)
         raise ValueError(f"unknown convolution selection {part!r}")
 
     if config == "exact":

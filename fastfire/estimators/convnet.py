@@ -183,7 +183,7 @@ n_features_in_, n_outputs_, out_activation_
             if s is None or s == "dense":
                 out.append(Dense())
             elif isinstance(s, ConvSampling):
-                out.append(ConvSampling(s.ratio, s.minimal_k, s.mode))
+                out.append(ConvSampling(s.ratio, s.minimal_k, s.mode, getattr(s, "input_ratio", None)))
             else:
                 raise ValueError(f"conv_selection entries must be None, 'dense' or ConvSampling; got {s!r}.")
         return out

@@ -67,24 +67,39 @@ class ConvSampling(Selector):
     ratio : float in (0, 1], default=0.5
     minimal_k : int, default=1
     mode : {"forward", "backward"}, default="forward"
+    input_ratio : float in (0, 1], default=None
+        Backward mode: the ratio of output channels kept for the input gradient, when it
+        should differ from ``ratio`` (which then applies to the weight gradient's examples).
+        None: ``ratio`` for both.
     """
 
     name = None  # used through Conv2D(selector=...) / ConvNetClassifier(conv_selection=...)
 
-    def __init__(self, ratio=0.5, minimal_k=1, mode="forward"):
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be a float in (0, 1]; got {ratio!r}.")
+    def __init__(self, ratio=0.5, minimal_k=1, mode="forward", input_ratio=None):
+        for label, value in (("ratio", ratio), ("input_ratio", input_ratio)):
+            if value is None and label == "input_ratio":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{label} must be a float in (0, 1]; got {value!r}.")
         if isinstance(minimal_k, bool) or not isinstance(minimal_k, (int, np.integer)) or minimal_k < 1:
             raise ValueError(f"minimal_k must be an int >= 1; got {minimal_k!r}.")
         if mode not in ("forward", "backward"):
             raise ValueError(f"mode must be 'forward' or 'backward'; got {mode!r}.")
+        if input_ratio is not None and mode != "backward":
+            raise ValueError("input_ratio is for the backward mode only.")
         self.ratio = float(ratio)
         self.minimal_k = int(minimal_k)
         self.mode = mode
+        self.input_ratio = None if input_ratio is None else float(input_ratio)
 
-    def k(self, n):
-        """How many of ``n`` terms to keep."""
-        return min(max(int(self.ratio * n + 1e-9), self.minimal_k), n)
+    def k(self, n, ratio=None):
+        """How many of ``n`` terms to keep (at ``ratio``, by default the selector's)."""
+        ratio = self.ratio if ratio is None else ratio
+        return min(max(int(ratio * n + 1e-9), self.minimal_k), n)
+
+    def k_input(self, n_channels):
+        """How many output channels the backward mode keeps for the input gradient."""
+        return self.k(n_channels, getattr(self, "input_ratio", None))  # older pickles lack it
 
 
 def _top(scores, k):
@@ -251,14 +266,14 @@ class Conv2D:
         if isinstance(sel, ConvSampling) and sel.mode == "backward":
             # weight gradient from the top-k examples by ‖x_i‖·‖δ_i‖, input gradient from the
             # top-k output channels by ‖W[f]‖·‖δ[:, f]‖ (one pass over δ gives both norms)
-            if sel.k(n) < n or (need_input_grad and sel.k(F) < F):
+            if sel.k(n) < n or (need_input_grad and sel.k_input(F) < F):
                 d_norms = self._map_norms(delta, F, n_threads)
                 if sel.k(n) < n:
                     x_norms = self._map_norms(X, 1, n_threads)[:, 0]
                     rows = _top(np.sqrt(x_norms * d_norms.sum(axis=1)), sel.k(n))
-                if need_input_grad and sel.k(F) < F:
+                if need_input_grad and sel.k_input(F) < F:
                     channels = _top(np.sqrt(d_norms.sum(axis=0) * np.einsum("fk,fk->f", W2, W2)),
-                                    sel.k(F))
+                                    sel.k_input(F))
         conv2d_backward(X, W2, delta, g2, self.intercept_grad, input_grad, scale=scale,
                         n_threads=n_threads, example_ids=rows, output_channels=channels,
                         **self._geometry(C))

@@ -168,3 +168,29 @@ def test_sampled_backward_uses_top_examples_and_output_channels():
     exact.backward(np.ascontiguousarray(delta[rows]), 1, need_input_grad=False)
     np.testing.assert_allclose(layer.coef_grad, exact.coef_grad * 3 / 6, rtol=1e-4, atol=1e-5)
     assert np.abs(gin).sum() > 0
+
+
+def test_backward_input_ratio_keeps_fewer_output_channels_for_the_input_gradient():
+    # ratio 1 for the examples, input_ratio 0.25 of 4 output channels: the input gradient is
+    # the exact one from the output channel with the largest ‖W[f]‖·‖δ[:, f]‖ only
+    rng = np.random.default_rng(6)
+    coef = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    X = rng.standard_normal((5, 2 * 16)).astype(np.float32)
+    delta = rng.standard_normal((5, 4, 16)).astype(np.float32)
+    delta[:, 2] *= 10
+    layer = Conv2D(coef, np.zeros(4, np.float32), "identity", (2, 4, 4), 1, 1,
+                   ConvSampling(ratio=1.0, mode="backward", input_ratio=0.25))
+    exact = Conv2D(coef, np.zeros(4, np.float32), "identity", (2, 4, 4), 1, 1)
+    for conv in (layer, exact):
+        conv.forward(ActiveSet.from_dense(X), 1, training=True)
+    gin = layer.backward(delta.reshape(5, -1), 1).copy()
+    only = np.zeros_like(delta)
+    only[:, 2] = delta[:, 2]
+    np.testing.assert_allclose(gin, exact.backward(only.reshape(5, -1), 1), rtol=1e-5, atol=1e-5)
+    exact.backward(delta.reshape(5, -1), 1, need_input_grad=False)
+    np.testing.assert_allclose(layer.coef_grad, exact.coef_grad, rtol=1e-5, atol=1e-5)
+    assert layer.selector.k_input(64) == 16 and layer.selector.k(50) == 50
+    with pytest.raises(ValueError, match="backward mode only"):
+        ConvSampling(0.5, mode="forward", input_ratio=0.25)
+    with pytest.raises(ValueError, match="input_ratio"):
+        ConvSampling(0.5, mode="backward", input_ratio=0.0)
