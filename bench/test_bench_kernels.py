@@ -1,4 +1,5 @@
-"""pytest-benchmark suites for the dense-engine kernels (fastfire._core._dense/_loss/_optim).
+"""pytest-benchmark suites for the dense-engine kernels (fastfire._core._dense/_loss/_optim)
+and the pooling kernels of the small CNN (fastfire._core._conv).
 
 Run: ``pytest bench/test_bench_kernels.py --benchmark-only``. BLAS is capped at one thread around
 every call (our parallelism is OpenMP); each benchmark does a warm-up round because the first
@@ -10,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from fastfire._core import _dense, _loss, _optim
+from fastfire._core import _conv, _dense, _loss, _optim
 
 THREADS = (1, 2)
 BATCH = 128
@@ -126,3 +127,25 @@ def test_adam_step_rows(benchmark, width, step_sizes, n_threads):
     sizes = _optim.adam_step_size_table(1e-3, 0.9, 0.999, 4096) if step_sizes == "table" else None
     _run(benchmark, _optim.adam_step_rows, param, grad, rows, m, v, t, 1e-3, 0.9, 0.999, 1e-8,
          0.0, n_threads, sizes)
+
+
+# 2x2 max pooling of a batch of 50 after conv 1 / conv 2 of the small CNN (16/32 channels at
+# 28x28 / 14x14): 14 and 7 windows per row, so the vector loop ends with an overlapping group
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("shape", [(16, 28, 28), (32, 14, 14)], ids=["16x28x28", "32x14x14"])
+@pytest.mark.parametrize("direction", ["forward", "backward", "backward_relu"])
+def test_max_pool_2x2(benchmark, direction, shape, n_threads):
+    benchmark.group = f"max_pool_2x2 50x{shape[0]}x{shape[1]}x{shape[2]} {direction}"
+    rng = np.random.default_rng(8)
+    C, H, W = shape
+    X = np.maximum(_rand(rng, 50, C * H * W), 0)  # ReLU outputs
+    out = np.empty((50, C * (H // 2) * (W // 2)), np.float32)
+    argmax = np.empty(out.shape, np.int32)
+    args = {"C": C, "H": H, "W": W, "PH": 2, "PW": 2, "is_max": True, "n_threads": n_threads}
+    if direction == "forward":
+        _run(benchmark, _conv.pool_forward, X, out, argmax, **args)
+        return
+    _conv.pool_forward(X, out, argmax, **args)
+    positive = out if direction == "backward_relu" else None
+    _run(benchmark, _conv.pool_backward, _rand(rng, *out.shape), argmax, np.empty_like(X),
+         positive=positive, **args)

@@ -59,8 +59,10 @@ class ConvSampling(Selector):
     The work follows ``k``: the forward mode convolves the ``k`` gathered channels (im2col,
     both GEMMs and col2im of the backward pass on ``k`` channels); the backward mode runs the
     weight gradient's im2col and GEMM on the ``k`` examples only and the input gradient's GEMM
-    on the ``k`` output channels (its col2im stays full size). The scores take one parallel
-    pass over the layer's input and one over ``dout``.
+    on the ``k`` output channels (its col2im stays full size; with at most a quarter of the
+    channels kept, the input gradient is a transposed convolution of those channels instead,
+    whose work is proportional to ``k``). The scores take one parallel pass over the layer's
+    input and one over ``dout``.
 
     Parameters
     ----------

@@ -113,6 +113,34 @@ def test_conv_backward_on_subsets_of_examples_and_output_channels(n_threads):
     assert not dW.any() and not dX.any()
 
 
+@pytest.mark.parametrize("K,pad,H,W", [(3, 1, 6, 5), (3, 0, 7, 6), (3, 2, 5, 8), (5, 2, 9, 7),
+                                        (1, 0, 4, 4)])
+@pytest.mark.parametrize("channels", [None, [4], [0, 2, 3]])
+def test_conv_input_gradient_as_transposed_convolution(K, pad, H, W, channels):
+    # im2col of the kept channels of dout with the flipped kernels: the same input gradient
+    C, F, N = 3, 5, 4
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    Wt = rng.standard_normal((F, C, K, K)).astype(np.float32)
+    Ho, Wo = H + 2 * pad - K + 1, W + 2 * pad - K + 1
+    dout = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    kept = list(range(F)) if channels is None else channels
+    _, _, rdX = conv_grads_reference(X, Wt[kept], dout[:, kept], 1, pad)
+    for transposed in (True, False, None):
+        dX = np.full((N, C * H * W), np.nan, np.float32)
+        conv2d_backward(X.reshape(N, -1), Wt.reshape(F, -1), dout.reshape(N, -1), E2, E1, dX,
+                        C=C, H=H, W=W, KH=K, KW=K, pad=pad, n_threads=2,
+                        output_channels=channels, transposed=transposed)
+        np.testing.assert_allclose(dX.reshape(rdX.shape), rdX, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transposed_input_gradient_needs_stride_one():
+    with pytest.raises(ValueError, match="transposed=True needs stride 1"):
+        conv2d_backward(np.zeros((1, 16), np.float32), np.zeros((1, 9), np.float32),
+                        np.zeros((1, 4), np.float32), E2, E1, np.zeros((1, 16), np.float32),
+                        C=1, H=4, W=4, KH=3, KW=3, stride=2, pad=1, transposed=True)
+
+
 @pytest.mark.parametrize("ids", [[7], [-1], [1, 1], [[0]]])
 def test_conv_backward_rejects_bad_subsets(ids):
     X = np.zeros((7, 16), np.float32)
