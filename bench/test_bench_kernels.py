@@ -146,6 +146,6 @@ def test_max_pool_2x2(benchmark, direction, shape, n_threads):
         _run(benchmark, _conv.pool_forward, X, out, argmax, **args)
         return
     _conv.pool_forward(X, out, argmax, **args)
-    positive = out if direction == "backward_relu" else None
-    _run(benchmark, _conv.pool_backward, _rand(rng, *out.shape), argmax, np.empty_like(X),
-         positive=positive, **args)
+    if direction == "backward_relu":  # ReLU's derivative applied in the pooling's backward
+        args["positive"] = out
+    _run(benchmark, _conv.pool_backward, _rand(rng, *out.shape), argmax, np.empty_like(X), **args)
