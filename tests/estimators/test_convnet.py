@@ -61,6 +61,25 @@ def test_sampled_conv_and_dense_train():
     assert conv2.macs_done < conv2.macs_exact
 
 
+def test_backward_sampling_with_input_ratio_and_relu_in_the_max_pool():
+    X, y = _digits()
+    sel = ConvSampling(0.5, mode="backward", input_ratio=0.25)
+    clf = ConvNetClassifier(conv_channels=(8, 16), image_shape=(1, 8, 8), batch_size=32,
+                            learning_rate_init=0.005, max_iter=8, random_state=0, n_jobs=2,
+                            conv_selection=[None, sel])
+    clf.fit(X[:1400], y[:1400])
+    assert clf.score(X[1400:], y[1400:]) > 0.85
+    pools = [clf._network.layers[1], clf._network.layers[3]]
+    assert all(p.applies_input_activation for p in pools)  # ReLU + max pooling: fused
+    conv2 = clf._network.layers[2]
+    assert conv2.selector.input_ratio == 0.25 and conv2.selector is not sel  # a copy
+    # weight gradient from 16 of 32 examples, input gradient from 4 of 16 output channels
+    assert conv2.macs_done < conv2.macs_exact
+    tanh = ConvNetClassifier(conv_channels=(4,), image_shape=(1, 8, 8), activation="tanh",
+                             max_iter=1, random_state=0).fit(X[:100], y[:100])
+    assert not tanh._network.layers[1].applies_input_activation
+
+
 def test_training_options_and_persistence():
     X, y = _digits()
     X, y = X[:400], y[:400]
