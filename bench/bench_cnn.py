@@ -25,7 +25,7 @@ Examples::
     # a long run in pieces of at most 7 minutes
     flock /tmp/fastfire-bench.lock python bench/bench_cnn.py --epochs 10 --seeds 0,1 \\
         --configs exact,backward:0.5,dense/forward:0.6 --checkpoint /tmp/cnn.pkl --time-budget 420
-    # per-phase microseconds of a training step
+    # per-phase microseconds of a training step (of the trained models, with --checkpoint)
     flock /tmp/fastfire-bench.lock python bench/bench_cnn.py --phase-timing \\
         --configs exact,backward:0.5
 """
@@ -178,22 +178,31 @@ def run_torch(args, X, y, Xt, yt, threads, seed):
 def phase_timing(configs, args, threads, X, y):
     """Per-phase microseconds of a training step (forward and backward of every layer, loss,
     activation derivatives, Adam), the configurations interleaved round by round on the same
-    fixed batches. Returns {config: {phase: [us per step, one per round]}}."""
+    fixed batches, under ``fit``'s thread settings (one BLAS thread, subnormals flushed).
+    Models fitted one epoch on 1,000 images, or with ``--checkpoint`` the trained models of
+    seed ``--seed`` from an epoch-timing run. Returns {config: {phase: [us per step, one per
+    round]}}."""
     from threadpoolctl import threadpool_limits
 
+    from fastfire._core._openmp import flush_denormals
     from fastfire.nn.active import ActiveSet
 
     models = {}
+    if args.checkpoint:
+        with open(args.checkpoint, "rb") as f:
+            trained = pickle.load(f)["models"]
+        models = {c: trained[(c, args.seed)] for c in configs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for c in configs:
-            models[c] = make_model(c, args, args.seed, threads).fit(X[:1000], y[:1000])
+            if c not in models:
+                models[c] = make_model(c, args, args.seed, threads).fit(X[:1000], y[:1000])
     rng = np.random.RandomState(args.seed)
     batches = [(np.ascontiguousarray(X[b]), y[b].astype(np.int32))
                for b in (rng.choice(len(y), 50, replace=False) for _ in range(args.steps))]
     clock = time.perf_counter
     out = {c: {} for c in configs}
-    with threadpool_limits(1, user_api="blas"):
+    with threadpool_limits(1, user_api="blas"), flush_denormals(threads):
         for _ in range(args.rounds):
             for c, clf in models.items():
                 net, opt = clf._network, clf._optimizer

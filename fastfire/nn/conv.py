@@ -78,9 +78,7 @@ class ConvSampling(Selector):
     name = None  # used through Conv2D(selector=...) / ConvNetClassifier(conv_selection=...)
 
     def __init__(self, ratio=0.5, minimal_k=1, mode="forward", input_ratio=None):
-        for label, value in (("ratio", ratio), ("input_ratio", input_ratio)):
-            if value is None and label == "input_ratio":
-                continue
+        for label, value in (("ratio", ratio), ("input_ratio", 1.0 if input_ratio is None else input_ratio)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise ValueError(f"{label} must be a float in (0, 1]; got {value!r}.")
         if isinstance(minimal_k, bool) or not isinstance(minimal_k, (int, np.integer)) or minimal_k < 1:
